@@ -1,0 +1,68 @@
+"""Lion's math, once, for every framework: the update rule, its variants, validation and a reference.
+
+``lion_core`` imports no deep-learning framework. The adapters ``lion_torch``, ``lion_keras`` and
+``lion_optax`` build their optimizers on it, and every test checks them against
+``lion_core.reference``, a float64 NumPy implementation of the same rule.
+
+References:
+  Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
+  Liang et al. 2024, "Cautious Optimizers: Improving Training with One Line of Code", arXiv:2411.16085.
+"""
+
+from . import _defaults as defaults
+from ._dtypes import LOW_PRECISION, compute_dtype, momentum_dtype
+from ._rule import (
+    ArrayNamespace,
+    cautious_mask,
+    decay_factor,
+    lion_direction,
+    lion_step,
+    next_momentum,
+    sign_with_nan,
+)
+from ._validation import (
+    MOMENTUM_DTYPES,
+    check_beta,
+    check_betas,
+    check_bool,
+    check_decoupling,
+    check_learning_rate,
+    check_max_lr,
+    check_momentum_dtype,
+    check_optional_bool,
+    check_weight_decay,
+    concrete_scalar,
+    incompatible,
+    invalid_type,
+    invalid_value,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOW_PRECISION",
+    "MOMENTUM_DTYPES",
+    "ArrayNamespace",
+    "cautious_mask",
+    "check_beta",
+    "check_betas",
+    "check_bool",
+    "check_decoupling",
+    "check_learning_rate",
+    "check_max_lr",
+    "check_momentum_dtype",
+    "check_optional_bool",
+    "check_weight_decay",
+    "compute_dtype",
+    "concrete_scalar",
+    "decay_factor",
+    "defaults",
+    "incompatible",
+    "invalid_type",
+    "invalid_value",
+    "lion_direction",
+    "lion_step",
+    "momentum_dtype",
+    "next_momentum",
+    "sign_with_nan",
+]

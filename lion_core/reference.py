@@ -1,0 +1,168 @@
+"""The float64 NumPy reference: the one oracle that every test in the project compares against.
+
+It runs ``lion_core``'s rule with NumPy on copies of the inputs, in float64 unless told otherwise,
+one array at a time and one step at a time, with nothing fused, cached or reordered. A fast path
+is correct when it reproduces these numbers: exactly in float64, and within a stated budget in lower
+precision. Running the reference in float32 (``dtype=numpy.float32``) gives the same operation order
+in single precision, which fused fp32 kernels match bit for bit.
+
+Example:
+  >>> import numpy as np
+  >>> from lion_core.reference import reference_lion
+  >>> out = reference_lion([np.array([1.0, -2.0])], [[np.array([0.5, -0.5])]], lr=0.1)
+  >>> out.params[0].tolist(), out.momentum[0].tolist()
+  ([0.9, -1.9], [0.005, -0.005])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ._rule import lion_step
+from ._validation import check_beta, check_decoupling, check_learning_rate, check_weight_decay
+
+#: A hyperparameter for the reference: a constant, one value per step, or a function of the step
+#: index (0 for the first step, as PyTorch schedulers and Optax schedules count).
+PerStep = Union[float, Sequence[float], Callable[[int], float]]
+
+
+class ReferenceResult(NamedTuple):
+    """Parameters and momenta after the reference has run, as NumPy arrays of the reference dtype."""
+
+    params: list[np.ndarray]
+    momentum: list[np.ndarray]
+
+
+def _value_at(value: PerStep, step: int) -> float:
+    if callable(value):
+        return float(value(step))
+    if isinstance(value, (Sequence, np.ndarray)):
+        return float(value[step])
+    return float(value)
+
+
+def _real_dtype(dtype: npt.DTypeLike) -> np.dtype:
+    return np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.finfo(dtype).dtype
+
+
+def _complex_dtype(real: np.dtype) -> np.dtype:
+    return np.result_type(real, np.complex64)
+
+
+def _as_real(array: np.ndarray, real: np.dtype) -> np.ndarray:
+    """A flat real view: complex arrays become interleaved (real, imag) pairs."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return flat.view(real) if np.iscomplexobj(flat) else flat
+
+
+def reference_step(
+    param: npt.ArrayLike,
+    grad: npt.ArrayLike,
+    momentum: npt.ArrayLike,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
+    max_lr: float | None = None,
+    cautious: bool = False,
+    maximize: bool = False,
+    dtype: npt.DTypeLike = np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One Lion step on one array, in ``dtype`` (complex inputs in the matching complex dtype).
+
+    Returns ``(new_param, new_momentum)`` with the parameter's shape; the inputs are not modified.
+    """
+    real = _real_dtype(dtype)
+    is_complex = any(np.iscomplexobj(x) for x in (param, grad, momentum))
+    work = _complex_dtype(real) if is_complex else real
+    arrays = [np.array(x, dtype=work) for x in (param, grad, momentum)]
+    shape = arrays[0].shape
+    for name, array in zip(("grad", "momentum"), arrays[1:]):
+        if array.shape != shape:
+            raise ValueError(f"`{name}` has shape {array.shape}, but `param` has shape {shape}")
+    p, g, m = (_as_real(x, real) for x in arrays)
+    new_p, new_m = lion_step(
+        p,
+        g,
+        m,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        max_lr=max_lr,
+        cautious=cautious,
+        maximize=maximize,
+        xp=np,  # type: ignore[arg-type]
+    )
+    if is_complex:
+        new_p, new_m = new_p.view(work), new_m.view(work)
+    return new_p.reshape(shape), new_m.reshape(shape)
+
+
+def reference_lion(
+    params: Sequence[npt.ArrayLike],
+    grads: Iterable[Sequence[npt.ArrayLike | None]],
+    *,
+    lr: PerStep,
+    beta1: PerStep = 0.9,
+    beta2: PerStep = 0.99,
+    weight_decay: PerStep = 0.0,
+    max_lr: float | None = None,
+    cautious: bool = False,
+    maximize: bool = False,
+    momentum: Sequence[npt.ArrayLike] | None = None,
+    dtype: npt.DTypeLike = np.float64,
+) -> ReferenceResult:
+    """Runs Lion for as many steps as ``grads`` has entries.
+
+    Args:
+      params: the initial parameters, one array each.
+      grads: for each step, one gradient per parameter, or ``None`` where a parameter has no gradient
+        that step (it is then left alone: no decay, and its momentum does not move).
+      lr, beta1, beta2, weight_decay: constants, one value per step, or functions of the step index.
+      max_lr: the peak learning rate for fully decoupled weight decay, or ``None``.
+      cautious, maximize: the variants of ``lion_core.lion_step``.
+      momentum: the initial momenta; zeros by default, as after a fresh start.
+      dtype: the precision to compute in; float64 unless reproducing a kernel's fp32 arithmetic.
+
+    Returns:
+      The final parameters and momenta.
+    """
+    real = _real_dtype(dtype)
+    check_decoupling(max_lr is not None, max_lr)
+
+    def start(x: npt.ArrayLike) -> np.ndarray:
+        return np.array(x, dtype=_complex_dtype(real) if np.iscomplexobj(x) else real)
+
+    current = [start(p) for p in params]
+    moments = [np.zeros_like(p) for p in current] if momentum is None else [start(m) for m in momentum]
+    if len(moments) != len(current):
+        raise ValueError(f"got {len(moments)} momenta for {len(current)} parameters")
+    for step, step_grads in enumerate(grads):
+        if len(step_grads) != len(current):
+            raise ValueError(f"step {step} has {len(step_grads)} gradients for {len(current)} parameters")
+        hyper: dict[str, Any] = {
+            "lr": check_learning_rate(_value_at(lr, step)),
+            "beta1": check_beta(_value_at(beta1, step), "beta1"),
+            "beta2": check_beta(_value_at(beta2, step), "beta2"),
+            "weight_decay": check_weight_decay(_value_at(weight_decay, step)),
+        }
+        for i, grad in enumerate(step_grads):
+            if grad is None:
+                continue
+            current[i], moments[i] = reference_step(
+                current[i],
+                grad,
+                moments[i],
+                max_lr=max_lr,
+                cautious=cautious,
+                maximize=maximize,
+                dtype=real,
+                **hyper,
+            )
+    return ReferenceResult(current, moments)

@@ -1,0 +1,1 @@
+"""Not yet implemented: see the project's open issues."""

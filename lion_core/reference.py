@@ -86,19 +86,20 @@ def reference_step(
         if array.shape != shape:
             raise ValueError(f"`{name}` has shape {array.shape}, but `param` has shape {shape}")
     p, g, m = (_as_real(x, real) for x in arrays)
-    new_p, new_m = lion_step(
-        p,
-        g,
-        m,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        max_lr=max_lr,
-        cautious=cautious,
-        maximize=maximize,
-        xp=np,  # type: ignore[arg-type]
-    )
+    with np.errstate(invalid="ignore"):  # inf - inf is how a non-finite c becomes a NaN update
+        new_p, new_m = lion_step(
+            p,
+            g,
+            m,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            max_lr=max_lr,
+            cautious=cautious,
+            maximize=maximize,
+            xp=np,  # type: ignore[arg-type]
+        )
     if is_complex:
         new_p, new_m = new_p.view(work), new_m.view(work)
     return new_p.reshape(shape), new_m.reshape(shape)

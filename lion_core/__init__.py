@@ -11,6 +11,7 @@ References:
 
 from . import _defaults as defaults
 from ._dtypes import LOW_PRECISION, compute_dtype, momentum_dtype
+from ._transfer import STABLE_BETAS, LionSettings, from_adamw
 from ._rule import (
     ArrayNamespace,
     cautious_mask,
@@ -42,7 +43,9 @@ __version__ = "0.1.0"
 __all__ = [
     "LOW_PRECISION",
     "MOMENTUM_DTYPES",
+    "STABLE_BETAS",
     "ArrayNamespace",
+    "LionSettings",
     "cautious_mask",
     "check_beta",
     "check_betas",
@@ -57,6 +60,7 @@ __all__ = [
     "concrete_scalar",
     "decay_factor",
     "defaults",
+    "from_adamw",
     "incompatible",
     "invalid_type",
     "invalid_value",

@@ -25,4 +25,4 @@ run() {
 }
 
 # pytest exits 5 when it collects nothing; set -e turns that into a failure, as it should be.
-run python -m pytest tests/core "$@"
+run python -m pytest --doctest-modules lion_core tests/core "$@"

@@ -165,3 +165,28 @@ def test_momentum_dtype_rejects_non_float_names():
 )
 def test_compute_dtype_is_at_least_float32(dtypes, expected):
     assert lc.compute_dtype(*dtypes) == expected
+
+
+# --- from AdamW ---------------------------------------------------------------------------------
+
+
+def test_from_adamw_keeps_the_decay_strength():
+    settings = lc.from_adamw(lr=1e-3, weight_decay=0.1, factor=10)
+    assert settings == lc.LionSettings(lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=1.0)
+    assert math.isclose(settings.lr * settings.weight_decay, 1e-3 * 0.1)
+
+
+def test_from_adamw_suggests_the_stable_betas_for_a_lowered_beta2():
+    assert lc.from_adamw(lr=3e-4, betas=(0.9, 0.95))[1:3] == lc.STABLE_BETAS
+    assert lc.from_adamw(lr=3e-4, betas=(0.9, 0.999))[1:3] == (0.9, 0.99)
+
+
+def test_from_adamw_validates():
+    with pytest.raises(ValueError, match=re.escape("Invalid `factor`: expected 1 <= factor <= 100. Received: factor=0.5")):
+        lc.from_adamw(lr=1e-3, factor=0.5)
+    with pytest.raises(TypeError, match=re.escape("Invalid `factor`: expected a real number")):
+        lc.from_adamw(lr=1e-3, factor="3")
+    with pytest.raises(ValueError, match=re.escape("Invalid `lr`")):
+        lc.from_adamw(lr=-1.0)
+    with pytest.raises(ValueError, match=re.escape("Invalid `betas[1]`")):
+        lc.from_adamw(lr=1e-3, betas=(0.9, 1.0))

@@ -9,9 +9,9 @@ in single precision, which fused fp32 kernels match bit for bit.
 Example:
   >>> import numpy as np
   >>> from lion_core.reference import reference_lion
-  >>> out = reference_lion([np.array([1.0, -2.0])], [[np.array([0.5, -0.5])]], lr=0.1)
+  >>> out = reference_lion([np.array([1.0, -2.0])], [[np.array([0.5, -0.5])]], lr=0.1, beta2=0.5)
   >>> out.params[0].tolist(), out.momentum[0].tolist()
-  ([0.9, -1.9], [0.005, -0.005])
+  ([0.9, -1.9], [0.25, -0.25])
 """
 
 from __future__ import annotations

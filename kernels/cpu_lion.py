@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
+import operator
 import os
 import platform
 import shlex
@@ -84,6 +86,7 @@ _KINDS = {
     (torch.bfloat16, torch.bfloat16, torch.float32): 2,
 }
 _CAUTIOUS, _MAXIMIZE, _UNSCALE = 1, 2, 4
+_STRIDED = torch.strided
 
 
 class _Build:
@@ -224,29 +227,98 @@ def supports(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> 
     """Returns whether ``lion_`` can update this parameter; callers route the rest to foreach.
 
     Supported: dense, contiguous CPU tensors of one shape, with (param, grad, momentum) dtypes
-    float32/float32/float32, float64/float64/float64 or bfloat16/bfloat16/float32.
+    float32/float32/float32, float64/float64/float64 or bfloat16/bfloat16/float32. Called once per
+    parameter per step, so it reads as few tensor attributes as it can.
     """
-    tensors = (param, grad, exp_avg)
-    if any(not isinstance(t, torch.Tensor) or t.layout != torch.strided for t in tensors):
+    try:
+        return (
+            (param.dtype, grad.dtype, exp_avg.dtype) in _KINDS
+            and param.layout is _STRIDED
+            and grad.layout is _STRIDED
+            and exp_avg.layout is _STRIDED
+            and param.is_cpu
+            and grad.is_cpu
+            and exp_avg.is_cpu
+            and param.shape == grad.shape == exp_avg.shape
+            and param.is_contiguous()
+            and grad.is_contiguous()
+            and exp_avg.is_contiguous()
+            and not (param.is_neg() or grad.is_neg() or exp_avg.is_neg())
+        )
+    except (AttributeError, RuntimeError):  # not a tensor; nested tensors have no shape
         return False
-    return (
-        (param.dtype, grad.dtype, exp_avg.dtype) in _KINDS
-        and all(t.device.type == "cpu" and t.is_contiguous() and not t.is_neg() for t in tensors)
-        and grad.shape == param.shape
-        and exp_avg.shape == param.shape
-    )
 
 
 def _unsupported(index: int, param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> RuntimeError:
     def describe(t: torch.Tensor) -> str:
-        layout = "contiguous" if t.layout == torch.strided and t.is_contiguous() else "non-contiguous"
-        return f"{t.dtype} {t.layout} {layout} {tuple(t.shape)} on {t.device}"
+        try:
+            strided = t.layout == torch.strided
+            order = (" contiguous" if t.is_contiguous() else " non-contiguous") if strided else ""
+            return f"{t.dtype} {t.layout}{order} {tuple(t.shape)} on {t.device}"
+        except (AttributeError, RuntimeError):
+            return f"{type(t).__name__}"
 
     return lion_core.incompatible(
         f"The fused CPU Lion kernel cannot update `params[{index}]`; route it to the foreach path "
         "(check kernels.cpu_lion.supports first). Received: "
         f"param {describe(param)}, grad {describe(grad)}, exp_avg {describe(exp_avg)}"
     )
+
+
+_data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+_is_contiguous = torch.Tensor.is_contiguous
+_is_neg = torch.Tensor.is_neg
+_dtype = operator.attrgetter("dtype")
+_is_cpu = operator.attrgetter("is_cpu")
+
+
+def _tables(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor]
+) -> list[tuple[int, int, array]]:
+    """Checks every tensor and returns, per kernel kind, ``(kind, count, table)``.
+
+    A table holds the data pointers of the parameters, gradients and momenta, then the n + 1 prefix
+    offsets of their sizes. The checks run a C-level ``map`` per attribute and list rather than a
+    Python loop per tensor: with hundreds of small tensors they are most of the launcher's cost.
+    """
+    lists = (params, grads, exp_avgs)
+    try:
+        numels = list(map(_numel, params))
+        ok = (
+            list(map(_numel, grads)) == numels
+            and list(map(_numel, exp_avgs)) == numels
+            and all(all(map(_is_cpu, tensors)) for tensors in lists)
+            and all(all(map(_is_contiguous, tensors)) for tensors in lists)
+            and not any(any(map(_is_neg, tensors)) for tensors in lists)
+        )
+        kinds = list(map(_KINDS.get, zip(*(map(_dtype, tensors) for tensors in lists))))
+        # Sparse and MKL-DNN tensors have no data pointer (and sparse CSR no contiguity).
+        pointers = [list(map(_data_ptr, tensors)) for tensors in lists] if ok else []
+    except RuntimeError:
+        ok, kinds = False, []
+    if not ok or None in kinds:
+        for index, triple in enumerate(zip(*lists)):
+            if not supports(*triple):
+                raise _unsupported(index, *triple)
+        raise _unsupported(0, params[0], grads[0], exp_avgs[0])  # unreachable: supports() is stricter
+    if len(set(kinds)) == 1:
+        table = array("q", pointers[0])
+        table.extend(pointers[1])
+        table.extend(pointers[2])
+        table.append(0)
+        table.extend(itertools.accumulate(numels))
+        return [(kinds[0], len(numels), table)]
+    tables = []
+    for kind in sorted(set(kinds)):
+        chosen = [i for i, k in enumerate(kinds) if k == kind]
+        table = array("q", [pointers[0][i] for i in chosen])
+        table.extend([pointers[1][i] for i in chosen])
+        table.extend([pointers[2][i] for i in chosen])
+        table.append(0)
+        table.extend(itertools.accumulate(numels[i] for i in chosen))
+        tables.append((kind, len(chosen), table))
+    return tables
 
 
 def lion_(
@@ -337,45 +409,10 @@ def lion_(
     flags = (_CAUTIOUS if cautious else 0) | (_MAXIMIZE if maximize else 0)
     flags |= 0 if grad_scale is None else _UNSCALE
 
-    # One table per kernel kind: pointers of params, grads, momenta, then prefix offsets.
-    groups: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
-    for index, (p, g, m) in enumerate(zip(params, grads, exp_avgs)):
-        kind = _KINDS.get((p.dtype, g.dtype, m.dtype))
-        numel = p.numel()
-        try:
-            ok = (
-                kind is not None
-                and p.is_cpu
-                and g.is_cpu
-                and m.is_cpu
-                and g.numel() == numel
-                and m.numel() == numel
-                and p.is_contiguous()
-                and g.is_contiguous()
-                and m.is_contiguous()
-                and not (p.is_neg() or g.is_neg() or m.is_neg())
-            )
-        except RuntimeError:  # sparse and other layouts have no notion of contiguity
-            ok = False
-        if not ok:
-            raise _unsupported(index, p, g, m)
-        group = groups.get(kind)  # type: ignore[arg-type]
-        if group is None:
-            group = groups[kind] = ([], [], [], [0])  # type: ignore[index]
-        group[0].append(p.data_ptr())
-        group[1].append(g.data_ptr())
-        group[2].append(m.data_ptr())
-        group[3].append(group[3][-1] + numel)
-
+    tables = _tables(params, grads, exp_avgs)
     threads = torch.get_num_threads()
-    for kind, (p_ptrs, g_ptrs, m_ptrs, offsets) in groups.items():
-        table = array("q", p_ptrs)
-        table.extend(g_ptrs)
-        table.extend(m_ptrs)
-        table.extend(offsets)
-        status = function(
-            kind, len(p_ptrs), table.buffer_info()[0], scalars.buffer_info()[0], flags, _CHUNK, threads
-        )
+    for kind, count, table in tables:
+        status = function(kind, count, table.buffer_info()[0], scalars.buffer_info()[0], flags, _CHUNK, threads)
         if status != 0:
             raise MemoryError(f"the fused CPU Lion kernel failed with status {status}")
     # The kernel writes through raw pointers; bump the version counters as an in-place torch op

@@ -17,9 +17,11 @@
  * library links without libgomp when the compiler has no OpenMP.
  *
  * The tensors are concatenated into one index space [0, total) described by the prefix sums `offsets`
- * (int64, n + 1 entries), which is cut into fixed-size chunks. Each thread takes a contiguous run of
- * chunks (static schedule), so it streams through memory in order and one call costs the same
- * whether the group holds 10 tensors or 10,000.
+ * (int64, n + 1 entries), which is cut into fixed-size chunks; a chunk may span several small
+ * tensors, so one call costs about the same whether the group holds 10 tensors or 10,000. Threads
+ * take chunks one at a time (dynamic schedule): each chunk is a long streaming loop, and a thread
+ * that the OS preempts (other processes, a data loader) does not leave its share for the others to
+ * wait on at the barrier.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -69,14 +71,15 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
  * DEFINE_KIND generates the segment functions and the driver for one storage/compute combination.
  * PT: parameter and gradient storage, MT: momentum storage, CT: compute type.
  * The boolean parameters of the always-inline segment bodies are compile-time constants at each call
- * site, so every flag combination becomes its own branch-free, vectorised loop.
+ * site, so each combination of cautious and unscale becomes its own branch-free, vectorised loop;
+ * maximize is a multiplication by -1, exact, so it needs no loop of its own.
  */
 #define DEFINE_KIND(SUFFIX, PT, MT, CT, LOAD, STORE)                                                  \
-    INLINE CT grad_##SUFFIX(PT g, int unscale, int maximize, CT grad_scale) {                         \
+    INLINE CT grad_##SUFFIX(PT g, int unscale, CT grad_scale, CT direction) {                         \
+        /* direction is +1 or -1 (maximize): multiplying by it negates exactly, NaN included. */     \
         CT x = LOAD(g);                                                                               \
         if (unscale) x = x / grad_scale;                                                              \
-        if (maximize) x = -x;                                                                         \
-        return x;                                                                                     \
+        return x * direction;                                                                         \
     }                                                                                                 \
                                                                                                       \
     INLINE CT sign_##SUFFIX(CT c) {                                                                   \
@@ -86,12 +89,12 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
     }                                                                                                 \
                                                                                                       \
     INLINE void update_##SUFFIX(PT *restrict p, const PT *restrict g, MT *restrict m, int64_t len,    \
-                                const CT *sc, int cautious, CT scale, int unscale, int maximize) {    \
+                                const CT *sc, int cautious, CT scale, int unscale, CT direction) {    \
         const CT beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1];                                   \
         const CT beta2 = sc[S_BETA2], omb2 = sc[S_ONE_MINUS_BETA2];                                   \
         const CT lr = sc[S_LR], decay = sc[S_DECAY], grad_scale = sc[S_GRAD_SCALE];                   \
         for (int64_t i = 0; i < len; ++i) {                                                           \
-            const CT gi = grad_##SUFFIX(g[i], unscale, maximize, grad_scale);                         \
+            const CT gi = grad_##SUFFIX(g[i], unscale, grad_scale, direction);                        \
             const CT mi = (CT)m[i];                                                                   \
             const CT c = beta1 * mi + omb1 * gi;                                                      \
             CT u = sign_##SUFFIX(c);                                                                  \
@@ -107,11 +110,11 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
     }                                                                                                 \
                                                                                                       \
     INLINE int64_t kept_##SUFFIX(const PT *restrict g, const MT *restrict m, int64_t len,             \
-                                 const CT *sc, int unscale, int maximize) {                           \
+                                 const CT *sc, int unscale, CT direction) {                           \
         const CT beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1], grad_scale = sc[S_GRAD_SCALE];    \
         int64_t kept = 0;                                                                             \
         for (int64_t i = 0; i < len; ++i) {                                                           \
-            const CT gi = grad_##SUFFIX(g[i], unscale, maximize, grad_scale);                         \
+            const CT gi = grad_##SUFFIX(g[i], unscale, grad_scale, direction);                        \
             const CT c = beta1 * (CT)m[i] + omb1 * gi;                                                \
             const CT u = sign_##SUFFIX(c);                                                            \
             kept += u * gi > (CT)0;                                                                   \
@@ -121,32 +124,20 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
                                                                                                       \
     static void segment_##SUFFIX(PT *p, const PT *g, MT *m, int64_t len, const CT *sc, int flags,     \
                                  CT scale) {                                                          \
-        const int unscale = (flags & FLAG_UNSCALE) != 0, maximize = (flags & FLAG_MAXIMIZE) != 0;     \
+        const CT direction = (flags & FLAG_MAXIMIZE) ? (CT)-1 : (CT)1;                                \
         if (flags & FLAG_CAUTIOUS) {                                                                  \
-            if (unscale) {                                                                            \
-                if (maximize) update_##SUFFIX(p, g, m, len, sc, 1, scale, 1, 1);                      \
-                else update_##SUFFIX(p, g, m, len, sc, 1, scale, 1, 0);                               \
-            } else {                                                                                  \
-                if (maximize) update_##SUFFIX(p, g, m, len, sc, 1, scale, 0, 1);                      \
-                else update_##SUFFIX(p, g, m, len, sc, 1, scale, 0, 0);                               \
-            }                                                                                         \
+            if (flags & FLAG_UNSCALE) update_##SUFFIX(p, g, m, len, sc, 1, scale, 1, direction);      \
+            else update_##SUFFIX(p, g, m, len, sc, 1, scale, 0, direction);                           \
         } else {                                                                                      \
-            if (unscale) {                                                                            \
-                if (maximize) update_##SUFFIX(p, g, m, len, sc, 0, scale, 1, 1);                      \
-                else update_##SUFFIX(p, g, m, len, sc, 0, scale, 1, 0);                               \
-            } else {                                                                                  \
-                if (maximize) update_##SUFFIX(p, g, m, len, sc, 0, scale, 0, 1);                      \
-                else update_##SUFFIX(p, g, m, len, sc, 0, scale, 0, 0);                               \
-            }                                                                                         \
+            if (flags & FLAG_UNSCALE) update_##SUFFIX(p, g, m, len, sc, 0, scale, 1, direction);      \
+            else update_##SUFFIX(p, g, m, len, sc, 0, scale, 0, direction);                           \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
     static int64_t count_##SUFFIX(const PT *g, const MT *m, int64_t len, const CT *sc, int flags) {   \
-        const int unscale = (flags & FLAG_UNSCALE) != 0, maximize = (flags & FLAG_MAXIMIZE) != 0;     \
-        if (unscale) {                                                                                \
-            return maximize ? kept_##SUFFIX(g, m, len, sc, 1, 1) : kept_##SUFFIX(g, m, len, sc, 1, 0); \
-        }                                                                                             \
-        return maximize ? kept_##SUFFIX(g, m, len, sc, 0, 1) : kept_##SUFFIX(g, m, len, sc, 0, 0);     \
+        const CT direction = (flags & FLAG_MAXIMIZE) ? (CT)-1 : (CT)1;                                \
+        if (flags & FLAG_UNSCALE) return kept_##SUFFIX(g, m, len, sc, 1, direction);                  \
+        return kept_##SUFFIX(g, m, len, sc, 0, direction);                                            \
     }                                                                                                 \
                                                                                                       \
     static int run_##SUFFIX(int64_t n, PT *const *ps, const PT *const *gs, MT *const *ms,             \

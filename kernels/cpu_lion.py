@@ -171,7 +171,13 @@ def _build() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
         key.update(part.encode())
         key.update(b"\0")
     directory = _cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RuntimeError(
+            f"cannot create the kernel cache directory {directory} ({error}); "
+            "set LIONKIT_CACHE_DIR to a writable directory"
+        ) from error
     suffix = ".dll" if sys.platform == "win32" else ".so"
     target = directory / f"cpu_lion-{key.hexdigest()[:20]}{suffix}"
     if not target.exists():

@@ -362,6 +362,16 @@ def test_failed_build_shows_the_compiler_output(monkeypatch, tmp_path):
     assert not list((tmp_path / "cache").glob("*.tmp")), "temporary files left behind"
 
 
+def test_unwritable_cache_directory_names_the_setting(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    _fresh_state(monkeypatch, tmp_path, None)
+    monkeypatch.setenv("LIONKIT_CACHE_DIR", str(blocker / "cache"))
+    assert cpu_lion.available() is False
+    with pytest.raises(ImportError, match=r"set LIONKIT_CACHE_DIR to a writable directory"):
+        cpu_lion.require()
+
+
 def test_concurrent_first_builds_share_one_cached_library(tmp_path):
     """Two processes building into an empty cache at once both load a complete library."""
     script = textwrap.dedent(

@@ -1,0 +1,229 @@
+"""``lion_optax`` against ``optax.lion`` (bit for bit) and against the float64 ``lion_core`` reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lion_optax
+from lion_core.reference import reference_step
+from tests.optax._helpers import (
+    EPS32,
+    at,
+    f32_momentum_atol,
+    f32_param_atol,
+    lion_state,
+    random_grads,
+    random_params,
+    reference_run,
+    run,
+)
+from tests.support import assert_close, assert_exact, margin_gradient
+
+STEPS = 30
+
+
+def _mask(params):
+    # Decay every other parameter: the mask is a function of the parameters, as users write them.
+    return [i % 2 == 0 for i in range(len(params))]
+
+
+# name -> keyword arguments shared by optax.lion and lion_optax.lion
+OPTAX_CASES = {
+    "defaults": dict(learning_rate=1e-3),
+    "weight_decay_and_mask": dict(learning_rate=1e-2, weight_decay=0.5, mask=_mask),
+    "mask_tree": dict(learning_rate=1e-2, weight_decay=0.1, mask=[True, False] * 3 + [True]),
+    "schedules": dict(
+        learning_rate=optax.warmup_cosine_decay_schedule(0.0, 3e-2, 5, STEPS),
+        weight_decay=optax.linear_schedule(0.5, 0.0, STEPS),
+    ),
+    "betas": dict(learning_rate=1e-2, b1=0.5, b2=0.9, weight_decay=0.0),
+    "array_hyperparameters": dict(
+        learning_rate=jnp.float32(1e-2), b1=jnp.float32(0.95), b2=jnp.float32(0.98)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OPTAX_CASES)
+def test_matches_optax_lion_bit_for_bit(case):
+    params = random_params()
+    grads = random_grads(params, STEPS)
+    ours_p, ours_s = run(lion_optax.lion(**OPTAX_CASES[case]), params, grads)
+    theirs_p, theirs_s = run(optax.lion(**OPTAX_CASES[case]), params, grads)
+    for i, (a, b) in enumerate(zip(ours_p, theirs_p)):
+        assert_exact(a, b, what=f"param {i}")
+    ours, theirs = lion_state(ours_s), lion_state(theirs_s)
+    for i, (a, b) in enumerate(zip(ours.mu, theirs.mu)):
+        assert a.dtype == b.dtype
+        assert_exact(a, b, what=f"momentum {i}")
+    assert int(ours.count) == int(theirs.count) == STEPS
+
+
+def test_bfloat16_params_match_optax_with_float32_momentum():
+    # The one default that differs: optax keeps a bfloat16 momentum for bfloat16 parameters, we keep
+    # float32. Given the same momentum dtype (and float32 gradients, as mixed precision produces),
+    # the numbers are optax's.
+    params = [p.astype(jnp.bfloat16) for p in random_params()]
+    grads = random_grads(params, 10)
+    ours_p, ours_s = run(lion_optax.lion(1e-2, weight_decay=0.1), params, grads)
+    theirs_p, theirs_s = run(optax.lion(1e-2, weight_decay=0.1, mu_dtype=jnp.float32), params, grads)
+    for i, (a, b) in enumerate(zip(ours_p, theirs_p)):
+        assert a.dtype == jnp.bfloat16
+        assert_exact(a, b, what=f"param {i}")
+    for i, (a, b) in enumerate(zip(lion_state(ours_s).mu, lion_state(theirs_s).mu)):
+        assert a.dtype == jnp.float32
+        assert_exact(a, b, what=f"momentum {i}")
+
+
+# name -> (lion_optax.lion keyword arguments, reference keyword arguments, which params decay)
+REFERENCE_CASES = {
+    "no_decay": (dict(learning_rate=1e-2, weight_decay=0.0), dict(lr=1e-2), None),
+    "decay": (dict(learning_rate=1e-2, weight_decay=0.3), dict(lr=1e-2, weight_decay=0.3), None),
+    "masked_decay": (
+        dict(learning_rate=1e-2, weight_decay=0.3, mask=_mask),
+        dict(lr=1e-2, weight_decay=0.3),
+        [i % 2 == 0 for i in range(7)],
+    ),
+    "schedules": (
+        dict(
+            learning_rate=optax.cosine_decay_schedule(2e-2, STEPS),
+            weight_decay=optax.linear_schedule(0.4, 0.1, STEPS),
+        ),
+        dict(
+            lr=optax.cosine_decay_schedule(2e-2, STEPS),
+            weight_decay=optax.linear_schedule(0.4, 0.1, STEPS),
+        ),
+        None,
+    ),
+    "betas": (
+        dict(learning_rate=1e-2, b1=0.7, b2=0.95, weight_decay=0.1),
+        dict(lr=1e-2, beta1=0.7, beta2=0.95, weight_decay=0.1),
+        None,
+    ),
+    "cautious": (
+        dict(learning_rate=1e-2, weight_decay=0.1, cautious=True),
+        dict(lr=1e-2, weight_decay=0.1, cautious=True),
+        None,
+    ),
+    "decoupled_constant_lr": (
+        dict(learning_rate=1e-2, weight_decay=1e-3, decouple_lr=True),
+        dict(lr=1e-2, weight_decay=1e-3, max_lr=1e-2),
+        None,
+    ),
+    "decoupled_schedule": (
+        dict(
+            learning_rate=optax.warmup_cosine_decay_schedule(0.0, 2e-2, 5, STEPS),
+            weight_decay=1e-2,
+            decouple_lr=True,
+            max_lr=2e-2,
+        ),
+        dict(lr=optax.warmup_cosine_decay_schedule(0.0, 2e-2, 5, STEPS), weight_decay=1e-2, max_lr=2e-2),
+        None,
+    ),
+}
+
+
+# NumPy warns when the reference's cautious mean runs over the zero-size parameter (lion_core).
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.parametrize("case", REFERENCE_CASES)
+def test_matches_float64_reference(case):
+    kwargs, ref_kwargs, decayed = REFERENCE_CASES[case]
+    params = random_params()
+    grads, ref_p, ref_m = reference_run(params, STEPS, decayed=decayed, **ref_kwargs)
+    ours_p, ours_s = run(lion_optax.lion(**kwargs), params, grads)
+    lr_max = max(at(ref_kwargs["lr"], s) for s in range(STEPS))
+    atol = f32_param_atol(params, STEPS, lr_max)
+    for i, (a, e) in enumerate(zip(ours_p, ref_p)):
+        assert_close(a, e, rtol=0, atol=atol, what=f"param {i}")
+    m_atol = f32_momentum_atol(grads)
+    for i, (a, e) in enumerate(zip(lion_state(ours_s).mu, ref_m)):
+        assert_close(a, e, rtol=0, atol=m_atol, what=f"momentum {i}")
+
+
+def test_bfloat16_momentum_follows_reference_each_step():
+    # With mu_dtype=bfloat16 the momentum is rounded to 8 bits each step, so the trajectory drifts
+    # from a float64 run; instead, each step is checked against the reference started from our own
+    # state: parameters to float32 accuracy, the momentum to one bfloat16 rounding.
+    params = random_params((( 257,), (3, 11), ()))
+    tx = lion_optax.lion(1e-2, weight_decay=0.2, mu_dtype=jnp.bfloat16)
+    state = tx.init([jnp.asarray(p) for p in params])
+    rng = np.random.default_rng(3)
+    current = [jnp.asarray(p) for p in params]
+    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+    for t in range(STEPS):
+        mu = [np.asarray(m.astype(jnp.float32)) for m in lion_state(state).mu]
+        grads = [margin_gradient(rng, m, beta1=0.9).astype(np.float32) for m in mu]
+        new, state = step(current, state, [jnp.asarray(g) for g in grads])
+        for i, (p0, g, m0) in enumerate(zip(current, grads, mu)):
+            ref_p, ref_m = reference_step(np.asarray(p0), g, m0, lr=1e-2, weight_decay=0.2)
+            assert_close(new[i], ref_p, rtol=4 * EPS32, atol=4 * EPS32 * 1e-2, what=f"step {t} param {i}")
+            got_m = lion_state(state).mu[i]
+            assert got_m.dtype == jnp.bfloat16
+            assert_close(got_m, ref_m, rtol=2.0**-8, atol=0, what=f"step {t} momentum {i}")
+        current = new
+
+
+def test_bfloat16_momentum_rounds_once_unlike_optax():
+    # optax multiplies the bfloat16 momentum by b1 and b2 in bfloat16 and rounds again when storing;
+    # we compute in float32 and round once, so our momentum stays closer to the float64 reference.
+    params = random_params(((4096,),))
+    grads = random_grads(params, STEPS, seed=5)
+    grads = [[g / np.float32(1e3)] for (g,) in grads]  # keep the momentum away from bfloat16's range limits
+    ours = lion_state(run(lion_optax.lion(1e-3, mu_dtype=jnp.bfloat16), params, grads)[1]).mu[0]
+    theirs = lion_state(run(optax.lion(1e-3, mu_dtype=jnp.bfloat16), params, grads)[1]).mu[0]
+    ref_m = np.zeros(4096)
+    for (g,) in grads:
+        _, ref_m = reference_step(np.zeros(4096), g, ref_m, lr=0.0)
+    err = lambda m: float(np.mean(np.abs(np.asarray(m.astype(jnp.float32)) - ref_m)))
+    assert err(ours) < err(theirs)
+
+
+def test_complex_parameters_take_the_sign_per_component():
+    rng = np.random.default_rng(7)
+    shape = (64,)
+    p0 = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    m = np.zeros(shape, np.complex128)
+    tx = lion_optax.lion(1e-2, weight_decay=0.1)
+    params, state = jnp.asarray(p0), None
+    state = tx.init(params)
+    ref_p = p0.astype(np.complex128)
+    for _ in range(5):
+        real = margin_gradient(rng, m.real, beta1=0.9)
+        imag = margin_gradient(rng, m.imag, beta1=0.9)
+        g = (real + 1j * imag).astype(np.complex64)
+        updates, state = tx.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        ref_p, m = reference_step(ref_p, g, m, lr=1e-2, weight_decay=0.1)
+    assert params.dtype == jnp.complex64 and lion_state(state).mu[...].dtype == jnp.complex64
+    assert_close(params, ref_p, rtol=0, atol=f32_param_atol([np.abs(p0)], 5, 1e-2), what="complex param")
+
+
+def test_zero_interpolation_does_not_move_but_decays():
+    # sign(0) = 0: a zero gradient on a zero momentum leaves only the decay.
+    p0 = np.array([1.0, -2.0, 0.0], np.float32)
+    tx = lion_optax.lion(0.1, weight_decay=0.5)
+    params = jnp.asarray(p0)
+    updates, _ = tx.update(jnp.zeros(3), tx.init(params), params)
+    ref_p, _ = reference_step(p0, np.zeros(3), np.zeros(3), lr=0.1, weight_decay=0.5)
+    assert_close(optax.apply_updates(params, updates), ref_p, rtol=2 * EPS32, atol=0)
+
+
+def test_non_finite_gradients_make_the_parameter_nan():
+    # NaN gradients give NaN, as in optax. Infinite gradients also give NaN here (lion_core's policy),
+    # where optax.lion moves the parameter by a finite -lr * sign(inf): the one deliberate difference.
+    p0 = np.array([1.0, 1.0, 1.0, 1.0], np.float32)
+    g = np.array([np.nan, np.inf, -np.inf, 0.5], np.float32)
+    params = jnp.asarray(p0)
+    ours_tx, optax_tx = lion_optax.lion(0.1), optax.lion(0.1)
+    ours_u, ours_s = ours_tx.update(jnp.asarray(g), ours_tx.init(params), params)
+    optax_u, _ = optax_tx.update(jnp.asarray(g), optax_tx.init(params), params)
+    ref_p, ref_m = reference_step(p0, g, np.zeros(4), lr=0.1, weight_decay=1e-3)
+    ours = np.asarray(optax.apply_updates(params, ours_u))
+    assert_close(ours, ref_p, rtol=2 * EPS32, atol=0, what="params")
+    assert np.isnan(ours[:3]).all() and np.isfinite(ours[3])
+    theirs = np.asarray(optax.apply_updates(params, optax_u))
+    assert np.isnan(theirs[0]) and np.isfinite(theirs[1:]).all()
+    assert_exact(lion_state(ours_s).mu, ref_m.astype(np.float32), what="momentum")

@@ -1,1 +1,13 @@
-"""Not yet implemented: see the project's open issues."""
+"""Lion for PyTorch: ``lion_torch.Lion``, a ``torch.optim.Optimizer``, and the functional ``lion``.
+
+The update rule, its variants and their validation live in ``lion_core``; this package holds the
+optimizer state and three implementations of one step (single-tensor, foreach, fused kernels).
+
+References:
+  Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
+"""
+
+from ._functional import lion
+from ._optimizer import Lion
+
+__all__ = ["Lion", "lion"]

@@ -1,0 +1,352 @@
+"""``lion_torch.Lion``: the ``torch.optim.Optimizer`` around ``lion_torch.lion``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from itertools import chain
+from typing import Any, Final, cast
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+import lion_core
+
+from ._functional import _choose, _dtype_name, _torch_dtype, kernel_module, lion
+
+__all__ = ["Lion"]
+
+_DEFAULTS = lion_core.defaults.TORCH
+_LR: Final = cast(float, _DEFAULTS.lr)
+_WEIGHT_DECAY: Final = cast(float, _DEFAULTS.weight_decay)
+
+#: Options a parameter group may lack when it comes from a checkpoint of another Lion
+#: (lion-pytorch's groups hold only lr, betas and weight_decay): the values that mean "off".
+_VARIANT_DEFAULTS: Final[Mapping[str, Any]] = {
+    "cautious": False,
+    "decouple_lr": False,
+    "max_lr": None,
+    "maximize": False,
+    "momentum_dtype": None,
+    "foreach": None,
+    "fused": None,
+}
+_STATE_KEYS: Final = ("exp_avg",)
+
+
+def _momentum_dtype_name(value: object) -> object:
+    """A torch dtype as lion_core names it; anything else unchanged, for lion_core to judge."""
+    return _dtype_name(value) if isinstance(value, torch.dtype) else value
+
+
+def _check_not_callable(value: object, name: str) -> None:
+    # lion_core lets schedules through for the hosts that call them; torch.optim never does.
+    if callable(value):
+        raise lion_core.invalid_type(
+            name, "a real number or a one-element tensor (schedule it with torch.optim.lr_scheduler)", value
+        )
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Validates the hyperparameters and flags of the constructor or of one parameter group."""
+    betas = lion_core.check_betas(options["betas"], "betas")
+    for name, value in (("lr", options["lr"]), ("betas[0]", betas[0]), ("betas[1]", betas[1]),
+                        ("weight_decay", options["weight_decay"])):
+        _check_not_callable(value, name)
+    lion_core.check_learning_rate(options["lr"], "lr")
+    lion_core.check_weight_decay(options["weight_decay"], "weight_decay")
+    lion_core.check_bool(options["cautious"], "cautious")
+    lion_core.check_bool(options["maximize"], "maximize")
+    _check_not_callable(options["max_lr"], "max_lr")
+    lion_core.check_decoupling(options["decouple_lr"], options["max_lr"])
+    lion_core.check_momentum_dtype(_momentum_dtype_name(options["momentum_dtype"]))
+    foreach = lion_core.check_optional_bool(options["foreach"], "foreach")
+    fused = lion_core.check_optional_bool(options["fused"], "fused")
+    if foreach and fused:
+        _choose((), foreach, fused)  # raises the combination error
+
+
+def _momentum_dtype(param: Tensor, group: Mapping[str, Any]) -> torch.dtype:
+    """The dtype of ``param``'s momentum under ``lion_core.momentum_dtype``'s policy."""
+    requested = _momentum_dtype_name(group["momentum_dtype"])
+    return _torch_dtype(lion_core.momentum_dtype(_dtype_name(param.dtype), cast("str | None", requested)))
+
+
+class Lion(Optimizer):
+    r"""Implements Lion, the sign-momentum optimizer found by program search (Chen et al. 2023).
+
+    .. math::
+       \begin{aligned}
+            &\textbf{input}: \eta \text{ (lr)}, \beta_1, \beta_2 \text{ (betas)}, \lambda
+                \text{ (weight\_decay)}, \theta_0 \text{ (params)}, f(\theta) \text{ (objective)} \\
+            &\textbf{initialize}: m_0 \leftarrow 0 \text{ (exp\_avg)} \\
+            &\textbf{for}\: t = 1 \:\textbf{to}\: \ldots \:\textbf{do} \\
+            &\hspace{5mm} g_t \leftarrow \nabla_\theta f_t(\theta_{t-1})
+                \quad (-\nabla_\theta f_t(\theta_{t-1}) \text{ if maximize}) \\
+            &\hspace{5mm} c_t \leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+            &\hspace{5mm} u_t \leftarrow \operatorname{sign}(c_t)
+                \quad (\text{NaN where } c_t \text{ is not finite}) \\
+            &\hspace{5mm} \textbf{if}\: \text{cautious}: u_t \leftarrow u_t \odot
+                \mathbb{1}[u_t g_t > 0] \cdot n / n_\text{kept} \\
+            &\hspace{5mm} d_t \leftarrow 1 - \eta_t \lambda
+                \quad (1 - \lambda \eta_t / \eta_\text{max} \text{ if decouple\_lr}) \\
+            &\hspace{5mm} \theta_t \leftarrow d_t \theta_{t-1} - \eta_t u_t \\
+            &\hspace{5mm} m_t \leftarrow \beta_2 m_{t-1} + (1 - \beta_2) g_t \\
+            &\textbf{return}\: \theta_t
+       \end{aligned}
+
+    The math is ``lion_core``'s; this class holds the state and picks an implementation. It is a
+    drop-in for the paper authors' PyTorch code and for ``lion_pytorch.Lion``: same defaults, same
+    numbers, and the same state key ``exp_avg``, so checkpoints load in both directions.
+
+    Args:
+      params: the parameters to optimize, or dicts defining parameter groups (each may override any
+        option below except the implementation flags' meaning).
+      lr: the learning rate :math:`\eta`, a float or a one-element tensor (default: 1e-4). Lion's
+        update has unit size per coordinate, so use a learning rate 3-10x smaller than AdamW's.
+      betas: :math:`(\beta_1, \beta_2)`, the interpolation coefficient of the direction and the decay
+        rate of the momentum (default: (0.9, 0.99)).
+      weight_decay: decoupled weight decay :math:`\lambda`, applied to the old parameter with the
+        current learning rate (default: 0.0). Use 3-10x AdamW's value.
+      cautious: zero the update where its sign disagrees with the gradient's and rescale the rest by
+        :math:`n / n_\text{kept}` per tensor (Liang et al. 2024) (default: False).
+      decouple_lr: fully decoupled weight decay, :math:`1 - \lambda \eta_t / \eta_\text{max}`: the
+        decay follows the schedule's shape, not the size of ``lr`` (default: False).
+      max_lr: :math:`\eta_\text{max}` for ``decouple_lr``, per parameter group (default: None, meaning
+        the group's lr when the group is added, stored as the group's ``max_lr``;
+        ``OneCycleLR`` overwrites it with its peak, which is the intended meaning). Pass it when a
+        schedule peaks above the initial lr. Only valid with ``decouple_lr=True``.
+      maximize: ascend the objective instead of descending it (default: False).
+      momentum_dtype: the dtype of ``exp_avg``, a floating ``torch.dtype``, or None for the
+        parameter's dtype, except float32 for bfloat16 and float16 parameters (default: None).
+        Kept across ``load_state_dict``.
+      foreach: use ``torch._foreach_*`` ops; None chooses (default: None).
+      fused: use a fused kernel, ``kernels.triton_lion`` on CUDA or ``kernels.cpu_lion`` on CPU;
+        None chooses: fused on CUDA when Triton is available, foreach otherwise (default: None).
+        ``fused=True`` raises at construction when the kernel for the parameters' device cannot
+        run, with the remedy.
+
+    Raises:
+      ValueError, TypeError: an option is out of range or of the wrong type (text from
+        ``lion_core``, naming ``lr``, ``betas[0]``, ``betas[1]``, ``weight_decay``, ``max_lr``, ...).
+      RuntimeError: ``foreach=True`` with ``fused=True``; ``max_lr`` without ``decouple_lr``;
+        ``momentum_dtype`` for complex parameters.
+
+    Notes:
+      Gradients are read, never written, also under ``torch.amp.GradScaler``, whose scale and
+      inf check ``step`` applies itself. Parameters whose gradient is ``None`` are skipped and get
+      no state. Complex parameters are updated as pairs of reals. Sparse gradients are refused.
+
+    Example:
+      >>> import torch
+      >>> from lion_torch import Lion
+      >>> model = torch.nn.Linear(4, 1)
+      >>> opt = Lion(model.parameters(), lr=1e-3, weight_decay=0.1)
+      >>> loss = model(torch.ones(8, 4)).pow(2).mean()
+      >>> loss.backward()
+      >>> opt.step()
+      >>> opt.zero_grad()
+      >>> sorted(opt.state[model.weight])
+      ['exp_avg']
+
+    References:
+      Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
+      Liang et al. 2024, "Cautious Optimizers: Improving Training with One Line of Code",
+      arXiv:2411.16085.
+    """
+
+    #: ``torch.amp.GradScaler`` hands ``step`` the scale and the inf flag instead of unscaling the
+    #: gradients in place and skipping the call itself.
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = _LR,
+        betas: tuple[float | Tensor, float | Tensor] = (_DEFAULTS.beta1, _DEFAULTS.beta2),
+        weight_decay: float = _WEIGHT_DECAY,
+        *,
+        cautious: bool = False,
+        decouple_lr: bool = False,
+        max_lr: float | None = None,
+        maximize: bool = False,
+        momentum_dtype: torch.dtype | None = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "weight_decay": weight_decay,
+            "cautious": cautious,
+            "decouple_lr": decouple_lr,
+            "max_lr": max_lr,
+            "maximize": maximize,
+            "momentum_dtype": momentum_dtype,
+            "foreach": foreach,
+            "fused": fused,
+        }
+        _check_options(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a parameter group, validating its options as the constructor does.
+
+        With ``decouple_lr=True`` and no ``max_lr``, the group's current lr is stored as its
+        ``max_lr``.
+        """
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _check_options(group)
+            devices = set()
+            for p in group["params"]:
+                _momentum_dtype(p, group)  # refuses momentum_dtype for complex parameters
+                devices.add(p.device.type)
+            if group["fused"]:
+                for device_type in sorted(devices):
+                    kernel_module(device_type).require()
+        except Exception:
+            self.param_groups.pop()
+            raise
+        if group["decouple_lr"] and group["max_lr"] is None:
+            group["max_lr"] = float(group["lr"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in _VARIANT_DEFAULTS.items():
+                group.setdefault(key, value)
+            if group["decouple_lr"] and group["max_lr"] is None:
+                group["max_lr"] = float(group["lr"])
+
+    def _group_index(self, group: Mapping[str, Any]) -> int:
+        return next(i for i, g in enumerate(self.param_groups) if g is group)
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+    ) -> None:
+        """Collects the parameters of ``group`` that have a gradient; creates their state."""
+        for j, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.layout != torch.strided:
+                raise lion_core.invalid_value(
+                    f"param_groups[{self._group_index(group)}]['params'][{j}].grad.layout",
+                    "torch.strided (Lion does not support sparse gradients)",
+                    p.grad.layout,
+                )
+            state = self.state[p]
+            if len(state) == 0:
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=_momentum_dtype(p, group), memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Performs one optimization step.
+
+        Args:
+          closure: a callable that re-evaluates the model and returns the loss (default: None).
+
+        Returns:
+          The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            self._init_group(group, params, grads, exp_avgs)
+            beta1, beta2 = group["betas"]
+            lion(
+                params,
+                grads,
+                exp_avgs,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                max_lr=group["max_lr"] if group["decouple_lr"] else None,
+                cautious=group["cautious"],
+                maximize=group["maximize"],
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+            )
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state dict of this class, of ``lion_pytorch.Lion`` or of the paper's code.
+
+        Unlike ``torch.optim.Optimizer``'s, it keeps each momentum in the dtype this optimizer's
+        policy gives it (float32 for bfloat16 parameters by default) instead of casting it to the
+        parameter's dtype. Options a loaded group lacks keep their current values.
+
+        Raises:
+          ValueError: the state is not Lion's (another optimizer's keys, such as Adam's
+            ``exp_avg_sq`` and ``step``), or a momentum's shape differs from its parameter's; or,
+            from ``torch.optim.Optimizer``, the number of groups or of parameters differs.
+          TypeError: a momentum is not a tensor.
+        """
+        groups = self.param_groups
+        saved_groups = state_dict["param_groups"]
+        originals: list[tuple[Tensor, Tensor]] = []
+        if len(saved_groups) == len(groups) and all(
+            len(s["params"]) == len(g["params"]) for s, g in zip(saved_groups, groups)
+        ):
+            id_map = dict(
+                zip(chain.from_iterable(s["params"] for s in saved_groups),
+                    chain.from_iterable(g["params"] for g in groups))
+            )
+            for key, value in state_dict["state"].items():
+                if key in id_map:
+                    exp_avg = self._checked_momentum(key, value, id_map[key])
+                    if exp_avg is not None:
+                        originals.append((id_map[key], exp_avg))
+            current = [{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in groups]
+            state_dict = {**state_dict, "param_groups": [{**c, **s} for c, s in zip(current, saved_groups)]}
+        super().load_state_dict(state_dict)
+        # torch.optim.Optimizer cast each momentum to its parameter's dtype; redo it from the saved
+        # tensor with the dtype policy, so a float32 momentum of a bfloat16 parameter stays exact.
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+        for param, exp_avg in originals:
+            dtype = _momentum_dtype(param, group_of[id(param)])
+            self.state[param]["exp_avg"] = exp_avg.to(device=param.device, dtype=dtype)
+
+    @staticmethod
+    def _checked_momentum(key: object, value: object, param: Tensor) -> Tensor | None:
+        """The momentum of one saved state entry, after checking it is Lion's and fits ``param``."""
+        name = f"state_dict['state'][{key!r}]"
+        keys = sorted(value) if isinstance(value, Mapping) else value
+        if not isinstance(value, Mapping) or (value and list(keys) != list(_STATE_KEYS)):
+            raise lion_core.invalid_value(
+                f"{name}.keys()", f"{list(_STATE_KEYS)}, the state Lion keeps (is it another optimizer's?)", keys
+            )
+        if not value:
+            return None
+        exp_avg = value["exp_avg"]
+        if not isinstance(exp_avg, Tensor):
+            raise lion_core.invalid_type(f"{name}['exp_avg']", "a tensor", exp_avg)
+        if exp_avg.shape != param.shape:
+            raise lion_core.invalid_value(
+                f"{name}['exp_avg'].shape", f"{tuple(param.shape)}, the shape of its parameter", tuple(exp_avg.shape)
+            )
+        if exp_avg.is_complex() != param.is_complex():
+            raise lion_core.invalid_value(
+                f"{name}['exp_avg'].dtype", f"a dtype like its parameter's {param.dtype}", exp_avg.dtype
+            )
+        return exp_avg

@@ -1,9 +1,10 @@
 r"""Lion as Optax gradient transformations: ``scale_by_lion`` and the ``lion`` alias.
 
-The direction comes from ``lion_core.lion_direction`` run with ``jax.numpy``; weight decay, its mask and
-the learning rate (or its schedule) are optax's own ``add_decayed_weights`` and
-``scale_by_learning_rate``, chained exactly as ``optax.lion`` chains them, so a user who swaps
-``optax.lion`` for ``lion_optax.lion`` gets the same numbers for float32 parameters.
+The direction is ``lion_core``'s (``sign_with_nan``, ``cautious_mask``, run with ``jax.numpy``, on the
+interpolation summed in optax's term order); weight decay, its mask and the learning rate (or its
+schedule) are optax's own ``add_decayed_weights`` and ``scale_by_learning_rate``, chained exactly as
+``optax.lion`` chains them. A user who swaps ``optax.lion`` for ``lion_optax.lion`` gets the same
+numbers, bit for bit, for float32 parameters and gradients.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _real_pairs(x: jax.Array, dtype: Any) -> jax.Array:
 
 
 def _from_real_pairs(x: jax.Array, dtype: Any) -> jax.Array:
+    """The inverse of ``_real_pairs``, cast to ``dtype``."""
     return jax.lax.complex(x[..., 0], x[..., 1]).astype(dtype)
 
 
@@ -97,9 +99,11 @@ def scale_by_lion(
     and the transformation returns :math:`u_t`. ``lion`` chains it with weight decay and the
     learning rate; use this piece alone to build your own chain. The rule is ``lion_core``'s:
     ``sign(0) = 0``; a NaN or infinite :math:`c_t` gives a NaN update (``optax.scale_by_lion`` maps
-    an infinite :math:`c_t` to :math:`\pm 1`); complex arrays take the sign of each component. The
-    arithmetic runs in float32 at least, whatever the input dtypes, and the momentum is rounded once
-    to its own dtype when stored.
+    an infinite :math:`c_t` to :math:`\pm 1`); complex arrays take the sign of each component
+    (``optax`` divides by the modulus). The arithmetic runs in float32 at least, whatever the input
+    dtypes, and the momentum is rounded once to its own dtype when stored; optax multiplies
+    bfloat16 operands in bfloat16, so with bfloat16 gradients or momenta the two differ in the last
+    bits (float32 results are identical).
 
     Args:
       b1: the interpolation coefficient of the direction, :math:`\beta_1` (default 0.9).
@@ -119,6 +123,8 @@ def scale_by_lion(
     Raises:
       ValueError: ``b1`` or ``b2`` is a number outside [0, 1), or ``mu_dtype`` is not a floating dtype.
       TypeError: ``cautious`` is not a bool, or a hyperparameter has an unusable type.
+      RuntimeError: at ``init``, a ``mu_dtype`` was given and a parameter is complex (its momentum
+        keeps the parameter's dtype).
 
     Example:
       >>> import jax.numpy as jnp

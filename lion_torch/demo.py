@@ -1,10 +1,11 @@
-"""Trains a small MLP with ``lion_torch.Lion`` on scikit-learn's digits; prints loss and accuracy.
+"""``lion demo`` on PyTorch: an MLP on scikit-learn's digits with ``lion_torch.Lion`` or ``torch.optim.AdamW``.
 
-The data ships with scikit-learn (no download), the seed is fixed, and the default run takes a few
-seconds on two CPU cores::
+The recipe (data split, initial weights, batch order, hyperparameters) is ``lion_core.cli``'s, shared
+with the Keras and JAX demos. The data ships with scikit-learn (no download), the seeds are fixed,
+and the default run takes a few seconds on two CPU cores.
 
-    python -m lion_torch.demo
-    python -m lion_torch.demo --epochs 20 --lr 3e-4 --impl single
+Run it alone with ``python -m lion_torch.demo`` (Lion; ``--optimizer adamw`` for the baseline,
+``--impl single|foreach|fused`` for an implementation path), or through ``lion demo --backend torch``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from lion_core.cli import DEMO_EPOCHS, History, demo_batches, demo_data, demo_init, demo_settings
 from lion_torch import Lion
 
-IMPLEMENTATIONS = {
+#: The constructor flags of each implementation path; "auto" lets ``Lion`` choose.
+IMPLEMENTATIONS: dict[str, dict[str, bool]] = {
     "auto": {},
     "single": {"foreach": False, "fused": False},
     "foreach": {"foreach": True},
@@ -27,98 +31,88 @@ IMPLEMENTATIONS = {
 }
 
 
-class Epoch(NamedTuple):
-    """What one epoch of training produced."""
-
-    epoch: int
-    loss: float  # mean training loss over the epoch's batches
-    train_accuracy: float
-    test_accuracy: float
-    seconds: float
-
-
-def load_digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 8x8 digits, standardised with the training split's statistics; 80/20 split."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    data = sklearn_digits()
-    x = torch.tensor(data.data, dtype=torch.float32)
-    y = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(x))
-    train, test = order[:cut], order[cut:]
-    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
-    return (x[train] - mean) / std, y[train], (x[test] - mean) / std, y[test]
+def _model(seed: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for kernel, bias in demo_init(seed):
+        linear = nn.Linear(*kernel.shape)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(kernel.T))  # torch stores (out, in)
+            linear.bias.copy_(torch.from_numpy(bias))
+        layers += [linear, nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+def _optimizer(name: str, params: Any, impl: str) -> torch.optim.Optimizer:
+    settings = demo_settings(name)
+    if name == "lion":
+        return Lion(params, lr=settings["lr"], betas=settings["betas"], weight_decay=settings["weight_decay"],
+                    **IMPLEMENTATIONS[impl])
+    return torch.optim.AdamW(params, lr=settings["lr"], betas=settings["betas"], eps=settings["eps"],
+                             weight_decay=settings["weight_decay"])
 
 
-def train(
+def run_recipe(
+    optimizer: str,
     *,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    batch_size: int = 64,
-    hidden: int = 128,
+    epochs: int = DEMO_EPOCHS,
     seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
     impl: str = "auto",
-    log: Callable[[Epoch], None] | None = None,
-) -> list[Epoch]:
-    """Trains the MLP; returns one ``Epoch`` per epoch (and passes each to ``log``)."""
-    torch.manual_seed(seed)
-    x_train, y_train, x_test, y_test = load_digits(seed)
-    model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    optimizer = Lion(model.parameters(), lr=lr, weight_decay=weight_decay, **IMPLEMENTATIONS[impl])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        total, batches = 0.0, 0
-        for index in torch.randperm(len(x_train), generator=generator).split(batch_size):
-            optimizer.zero_grad()
-            loss = loss_fn(model(x_train[index]), y_train[index])
+) -> History:
+    """Trains the demo MLP with ``"lion"`` or ``"adamw"``; returns the per-epoch losses, accuracy, seconds.
+
+    Args:
+      optimizer: ``"lion"`` (``lion_torch.Lion``) or ``"adamw"`` (``torch.optim.AdamW``).
+      epochs: passes over the training split (default ``lion_core.cli.DEMO_EPOCHS``).
+      seed: seeds the initial weights and the batch order (default 0).
+      on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch (epochs count from 0).
+      impl: Lion's implementation path, a key of ``IMPLEMENTATIONS`` (default ``"auto"``).
+
+    Example:
+      >>> from lion_torch.demo import run_recipe
+      >>> history = run_recipe("lion", epochs=1)
+      >>> len(history.losses), 0.0 <= history.accuracy <= 1.0
+      (1, True)
+    """
+    data = demo_data()
+    model = _model(seed)
+    opt = _optimizer(optimizer, model.parameters(), impl)
+    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    start = time.perf_counter()
+    losses = []
+    for epoch in range(epochs):
+        total = 0.0
+        for batch in demo_batches(len(x_train), epoch, seed):
+            index = torch.from_numpy(batch)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
             loss.backward()
-            optimizer.step()
-            total, batches = total + loss.item(), batches + 1
-        scheduler.step()
-        record = Epoch(epoch, total / batches, _accuracy(model, x_train, y_train), _accuracy(model, x_test, y_test),
-                       time.perf_counter() - start)
-        history.append(record)
-        if log is not None:
-            log(record)
-    return history
-
-
-def _print(record: Epoch) -> None:
-    print(
-        f"epoch {record.epoch:3d}  loss {record.loss:.4f}  train acc {record.train_accuracy:.3f}  "
-        f"test acc {record.test_accuracy:.3f}  ({record.seconds:.2f} s)",
-        flush=True,
-    )
+            opt.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(x_train))
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(data.x_test)).argmax(-1).numpy()
+    seconds = time.perf_counter() - start
+    return History(losses, float(np.mean(predicted == data.y_test)), seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` (default: the command line), trains, prints one line per epoch."""
+    """Trains once and prints the loss of each epoch and the test accuracy."""
     parser = argparse.ArgumentParser(prog="python -m lion_torch.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--optimizer", choices=("lion", "adamw"), default="lion")
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--impl", choices=sorted(IMPLEMENTATIONS), default="auto",
-                        help="implementation path of the optimizer step (default: auto)")
+                        help="Lion's implementation path (default: auto)")
     args = parser.parse_args(argv)
-    print(f"lion_torch.Lion on scikit-learn digits: lr={args.lr}, weight_decay={args.weight_decay}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, impl={args.impl}", flush=True)
-    history = train(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                    hidden=args.hidden, seed=args.seed, impl=args.impl, log=_print)
-    print(f"final: loss {history[-1].loss:.4f}, test accuracy {history[-1].test_accuracy:.3f}")
+    settings = demo_settings(args.optimizer)
+    print(f"{args.optimizer} on scikit-learn digits: lr={settings['lr']:.3g}, "
+          f"weight_decay={settings['weight_decay']:.3g}, {args.epochs} epochs", flush=True)
+    history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed, impl=args.impl,
+                         on_epoch=lambda epoch, loss: print(f"epoch {epoch + 1:3d}  loss {loss:.4f}", flush=True))
+    print(f"test accuracy {history.accuracy:.3f}  ({history.seconds:.1f} s)")
     return 0
 
 

@@ -11,7 +11,7 @@ reaches it, so ``lion demo --backend torch`` works without Keras or JAX, and ``i
 never imports this module at all.
 
 The demo recipe (data split, initial weights, minibatch order, hyperparameters) is defined here, once,
-and every backend's ``demo.train`` uses it, so the curves of different backends are comparable:
+and every backend's ``demo.run_recipe`` uses it, so the curves of different backends are comparable:
 same initial weights, same batches, and Lion's hyperparameters derived from AdamW's by
 :func:`lion_core.from_adamw`.
 
@@ -146,6 +146,10 @@ BACKENDS: dict[str, Backend] = {
     "keras": Backend("keras", "Keras 3", ("keras",), "lion_keras.demo", "keras"),
     "jax": Backend("jax", "JAX/Optax", ("jax", "optax"), "lion_optax.demo", "jax"),
 }
+#: The function each backend's demo module provides:
+#: ``run_recipe(optimizer: str, *, epochs: int, seed: int, on_epoch=None) -> History``, which trains
+#: this module's recipe with ``"lion"`` or ``"adamw"`` and calls ``on_epoch(epoch, mean_loss)``.
+RECIPE = "run_recipe"
 #: Keras backends the demo picks from, in this order, when ``KERAS_BACKEND`` is not set.
 KERAS_BACKENDS = ("jax", "torch", "tensorflow")
 DISTRIBUTION = "lionkit"
@@ -214,9 +218,9 @@ def load_backend(name: str) -> Any:
             ) from error
         extra = "demo" if top in ("sklearn", "matplotlib", "tqdm") else backend.extra
         raise CommandError(f"The {name} backend cannot run the demo ({error}): " + _install_hint(extra)) from error
-    if not callable(getattr(module, "train", None)):
+    if not callable(getattr(module, RECIPE, None)):
         raise CommandError(
-            f"{backend.module} has no train(optimizer, *, epochs, seed, on_epoch) function: "
+            f"{backend.module} has no {RECIPE}(optimizer, *, epochs, seed, on_epoch) function: "
             "this lionkit build is incomplete"
         )
     return module
@@ -313,7 +317,7 @@ def run_demo(backends: Sequence[str], *, epochs: int, seed: int, progress: bool 
                     bar.set_postfix(loss=f"{loss:.4f}")
                     bar.update(1)
 
-                history = module.train(optimizer, epochs=epochs, seed=seed, on_epoch=on_epoch)
+                history = getattr(module, RECIPE)(optimizer, epochs=epochs, seed=seed, on_epoch=on_epoch)
             results.append(DemoResult(backend_label(name), optimizer, demo_settings(optimizer), history))
     return results
 
@@ -515,6 +519,14 @@ def run_benchmark(benchmark: Benchmark, folder: Path, extra_args: Sequence[str])
     return BenchResult(benchmark.name, output, parse_markdown_tables(output))
 
 
+def bench_notes(output: str) -> list[str]:
+    """A script's context lines: its ``#`` header (date, device, versions) and what follows its last table."""
+    lines = output.splitlines()
+    last_table = max((i for i, line in enumerate(lines) if TABLE_LINE.match(line)), default=len(lines))
+    return [line.rstrip() for i, line in enumerate(lines)
+            if line.strip() and (line.startswith("#") or i > last_table)]
+
+
 def _value_column(header: Sequence[str]) -> int | None:
     for i, name in enumerate(header):
         if re.search(r"\bms\b|ms/step|ms per step", name, re.IGNORECASE):
@@ -552,6 +564,16 @@ def _bench_panels(result: BenchResult) -> list[tuple[str, str, list[str], list[f
     return panels
 
 
+def _bar_colour(label: str) -> str:
+    """Orange for lionkit's rows, grey for references (rooflines), blue for the peers."""
+    lower = label.lower()
+    if "roofline" in lower:
+        return "0.6"
+    if "lionkit" in lower or "lion_optax" in lower or "lion_torch" in lower or "lion_keras" in lower or "ours" in lower:
+        return "C1"
+    return "C0"
+
+
 def plot_bench(results: Sequence[BenchResult], path: Path) -> int:
     """Plots each table's step time (its first ``ms`` column) as bars, one panel per table or case.
 
@@ -566,17 +588,22 @@ def plot_bench(results: Sequence[BenchResult], path: Path) -> int:
     for slot, (title, unit, labels, values) in enumerate(panels):
         axes = figure.add_subplot(grid[slot])
         positions = np.arange(len(values))
-        best = min(values)
-        axes.barh(positions, values, color=["C2" if v == best else "C0" for v in values])
+        axes.barh(positions, values, color=[_bar_colour(label) for label in labels])
         axes.set_yticks(positions, labels, fontsize="small")
         axes.invert_yaxis()
-        axes.set_xlim(0, 1.15 * max(values))
+        if max(values) > 20 * min(values):  # one slow row would squash every other bar
+            axes.set_xscale("log")
+            axes.set_xlim(0.7 * min(values), 2.0 * max(values))
+            unit += ", log scale"
+        else:
+            axes.set_xlim(0, 1.15 * max(values))
         axes.set_xlabel(unit + " (lower is better)", fontsize="small")
         axes.set_title(title, fontsize="medium", loc="left")
         for y, v in zip(positions, values):
             axes.annotate(f"{v:.3g}", (v, y), xytext=(3, 0), textcoords="offset points", va="center",
                           fontsize="x-small")
         axes.grid(True, axis="x", alpha=0.3)
+    figure.suptitle("lion bench: lionkit (orange), peers (blue), roofline (grey)", fontsize="medium")
     figure.savefig(path)
     return len(panels)
 
@@ -605,8 +632,10 @@ def _bench(args: argparse.Namespace) -> int:
     sections = [f"`lion bench {' '.join(args.argv)}`".replace(" `", "`") + f" on {_stamp()} ({_machine()})."]
     for result in results:
         tables = [markdown_table(h, r) for h, r in result.tables]
+        notes = bench_notes(result.output)
         sections.append(f"## {result.name}\n\n{BENCHMARKS[result.name].description}.\n\n" + (
-            "\n\n".join(tables) if tables else "(the script printed no markdown table)"))
+            "\n\n".join(tables) if tables else "(the script printed no markdown table)")
+            + ("\n\n" + "\n".join(f"    {line}" for line in notes) if notes else ""))
     for name, reason in skipped:
         sections.append(f"## {name}\n\nSkipped: {reason}.")
     report = "\n\n".join(sections) + "\n"

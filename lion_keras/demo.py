@@ -6,7 +6,7 @@ that epoch's batch order.
 
 Keras picks its backend once, when it is first imported, from ``KERAS_BACKEND``. ``lion demo`` sets
 that variable (to the first installed of jax, torch, tensorflow) before it imports this module; if
-Keras was already imported with another backend than the one asked for, :func:`train` runs in a
+Keras was already imported with another backend than the one asked for, :func:`run_recipe` runs in a
 subprocess with the right ``KERAS_BACKEND``.
 
 Run it alone with ``KERAS_BACKEND=jax python -m lion_keras.demo --optimizer lion --epochs 5``, or
@@ -49,7 +49,7 @@ def _model(seed: int) -> keras.Model:
     return model
 
 
-def train(
+def run_recipe(
     optimizer: str,
     *,
     epochs: int = DEMO_EPOCHS,
@@ -117,14 +117,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--optimizer", choices=("lion", "adamw"), default="lion")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="one JSON object per line (used by train)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line (used by run_recipe)")
     args = parser.parse_args(argv)
 
     def report(epoch: int, loss: float) -> None:
         text = json.dumps({"epoch": epoch, "loss": loss}) if args.json else f"epoch {epoch + 1:3d}  loss {loss:.4f}"
         print(text, flush=True)
 
-    history = train(args.optimizer, epochs=args.epochs, seed=args.seed, on_epoch=report)
+    history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed, on_epoch=report)
     if args.json:
         print(json.dumps(history._asdict()), flush=True)
     else:

@@ -44,7 +44,7 @@ def _loss(params: list[tuple[jax.Array, jax.Array]], x: jax.Array, y: jax.Array)
     return optax.softmax_cross_entropy_with_integer_labels(_logits(params, x), y).mean()
 
 
-def train(
+def run_recipe(
     optimizer: str,
     *,
     epochs: int = DEMO_EPOCHS,
@@ -60,8 +60,8 @@ def train(
       on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch (epochs count from 0).
 
     Example:
-      >>> from lion_optax.demo import train
-      >>> history = train("lion", epochs=1)
+      >>> from lion_optax.demo import run_recipe
+      >>> history = run_recipe("lion", epochs=1)
       >>> len(history.losses), 0.0 <= history.accuracy <= 1.0
       (1, True)
     """
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    history = train(args.optimizer, epochs=args.epochs, seed=args.seed,
+    history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed,
                     on_epoch=lambda epoch, loss: print(f"epoch {epoch + 1:3d}  loss {loss:.4f}"))
     print(f"test accuracy {history.accuracy:.3f}  ({history.seconds:.1f} s)")
 

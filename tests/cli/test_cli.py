@@ -3,6 +3,7 @@ its errors (unknown backend, unwritable ``--out``, a backend that is not install
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -58,15 +59,19 @@ def _table_rows(text: str) -> list[list[str]]:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_demo_torch_prints_the_table_and_writes_the_plot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["torch", "jax", "keras"])
+def test_demo_prints_the_table_and_writes_the_plot(backend: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    environment = _environment()
+    environment.pop("KERAS_BACKEND", None)  # `lion demo` picks Keras' backend itself
     result = subprocess.run(
-        [sys.executable, "-m", "lion_core.cli", "demo", "--backend", "torch", "--epochs", "1", "--out", str(out)],
-        cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "lion_core.cli", "demo", "--backend", backend, "--epochs", "1", "--out", str(out)],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     rows = _table_rows(result.stdout)
-    assert [(r["backend"], r["optimizer"]) for r in rows] == [("torch", "lion"), ("torch", "adamw")]
+    label = "keras (jax)" if backend == "keras" else backend
+    assert [(r["backend"], r["optimizer"]) for r in rows] == [(label, "lion"), (label, "adamw")]
     lion = from_adamw(cli.DEMO_ADAMW["lr"], cli.DEMO_ADAMW["weight_decay"], cli.DEMO_ADAMW["betas"])
     assert float(rows[0]["lr"]) == pytest.approx(lion.lr, rel=1e-2)
     assert float(rows[1]["lr"]) == cli.DEMO_ADAMW["lr"]
@@ -78,8 +83,27 @@ def test_demo_torch_prints_the_table_and_writes_the_plot(tmp_path: Path) -> None
     width, height = assert_valid_png(out / "lion-demo.png")
     assert width >= 600 and height >= 300
     report = (out / "lion-demo.md").read_text()
-    assert "lion demo --backend torch --epochs 1" in report and "| torch" in report
+    assert f"lion demo --backend {backend} --epochs 1" in report and f"| {label}" in report
     assert "epoch" in result.stderr  # the progress bars
+
+
+def test_backends_train_the_same_recipe_to_the_same_losses() -> None:
+    # Same initial weights, batches and hyperparameters: PyTorch, Keras and JAX agree on the first
+    # epoch's loss up to float32 rounding (a Lion sign flip near 0 would show here, too).
+    code = textwrap.dedent("""
+        import json, os, sys
+        os.environ["KERAS_BACKEND"] = "jax"
+        from lion_core import cli
+        print(json.dumps({name: cli.load_backend(name).run_recipe(sys.argv[1], epochs=1, seed=0).losses[0]
+                          for name in ("torch", "keras", "jax")}))
+    """)
+    for optimizer in cli.DEMO_OPTIMIZERS:
+        result = subprocess.run([sys.executable, "-c", code, optimizer], env=_environment(), cwd=ROOT,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        losses = json.loads(result.stdout.strip().splitlines()[-1])
+        assert losses["keras"] == pytest.approx(losses["torch"], rel=1e-3), (optimizer, losses)
+        assert losses["jax"] == pytest.approx(losses["torch"], rel=1e-3), (optimizer, losses)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -83,6 +83,13 @@ def _eager_scalar(value: Scalar) -> Scalar:
     return value
 
 
+def _beta(value: Scalar) -> Scalar:
+    """A beta given as a tensor, read as a float (foreach lerp takes a Python number for its weight)."""
+    if isinstance(value, Tensor) and not _compiling():
+        return value.item()
+    return value
+
+
 def _skip_step(found_inf: Tensor | None) -> bool:
     """Whether ``torch.amp.GradScaler`` found an inf or NaN gradient, so the step must not happen."""
     return found_inf is not None and bool(found_inf.item())
@@ -196,7 +203,7 @@ def _foreach_update(
     work_params = _widen(params, dtypes)
     work_exp_avgs = _widen(exp_avgs, dtypes)
     work_grads = _widen(grads, dtypes)
-    owned = any(w is not g for w, g in zip(work_grads, grads))
+    owned = all(w is not g for w, g in zip(work_grads, grads))  # in-place ops must not reach p.grad
     if grad_scale is not None:
         work_grads, owned = torch._foreach_div(work_grads, grad_scale), True
     if maximize:
@@ -256,19 +263,20 @@ def _foreach_lion(
     """``torch._foreach_*`` ops over tensors grouped by device and dtype; see ``lion``."""
     if not params or _skip_step(found_inf):
         return
-    lr, beta1, beta2 = _eager_scalar(lr), _eager_scalar(beta1), _eager_scalar(beta2)
+    lr, beta1, beta2 = _eager_scalar(lr), _beta(beta1), _beta(beta2)
     weight_decay = _eager_scalar(weight_decay)
     max_lr = None if max_lr is None else _eager_scalar(max_lr)
     decay = None
     if isinstance(weight_decay, Tensor) or weight_decay != 0:
         decay = lion_core.decay_factor(lr, weight_decay, max_lr)
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs])
-    for (device_params, device_grads, device_exp_avgs), _ in grouped.values():
-        device_params, device_grads, device_exp_avgs = (
-            _as_real(device_params),
-            _as_real(device_grads),
-            _as_real(device_exp_avgs),
-        )
+    for (device, dtype), ((device_params, device_grads, device_exp_avgs), _) in grouped.items():
+        if dtype is None or dtype.is_complex:  # dtype is None while compiling: one mixed group
+            device_params, device_grads, device_exp_avgs = (
+                _as_real(device_params),
+                _as_real(device_grads),
+                _as_real(device_exp_avgs),
+            )
         device = device_params[0].device
         device_lr = lr.to(device) if isinstance(lr, Tensor) else lr
         device_decay = decay.to(device) if isinstance(decay, Tensor) else decay

@@ -12,9 +12,9 @@ import lion_core
 import lion_pytorch
 from lion_core.reference import reference_lion
 from lion_torch import Lion
-from tests.support import assert_exact
+from tests.support import assert_close, assert_exact
 
-from .helpers import FLAGS, PATHS, assert_momentum, momenta, tensor
+from .helpers import FLAGS, PATHS, assert_momentum, momenta, reference_stored, tensor
 
 
 def _params(rng, shapes, dtype=torch.float64):
@@ -303,3 +303,53 @@ def test_momentum_dtype_policy():
 def test_momentum_dtype_for_complex_parameters_is_refused_at_construction():
     with pytest.raises(RuntimeError, match="`momentum_dtype` cannot be set for complex parameters"):
         Lion([torch.zeros(2, dtype=torch.complex64, requires_grad=True)], momentum_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_tensor_betas(path):
+    rng = np.random.default_rng(8)
+    init, params = _params(rng, [(4, 3), (6,)])
+    betas = (torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.95, dtype=torch.float64))
+    opt = Lion(params, lr=0.01, betas=betas, weight_decay=0.1, **FLAGS[path])
+    grads = [[rng.standard_normal(p.shape) for p in params] for _ in range(4)]
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = tensor(g, torch.float64)
+        opt.step()
+    ref = reference_lion(init, grads, lr=0.01, beta1=0.8, beta2=0.95, weight_decay=0.1)
+    for i, (p, m) in enumerate(zip(params, momenta(opt, params))):
+        assert_exact(p, ref.params[i], what=f"param {i}")
+        assert_momentum(path, m, ref.momentum[i], grads=grads, index=i, beta2=0.95)
+
+
+def test_compiled_foreach_with_mixed_dtypes_keeps_grads_and_numbers():
+    """While compiling, foreach sees one group of mixed dtypes (no grouping by dtype): it must still
+    widen each tensor to its own compute dtype and never write to a gradient."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    rng = np.random.default_rng(9)
+    dtypes = [torch.float64, torch.bfloat16, torch.float32]
+    init = [rng.standard_normal(5) for _ in dtypes]
+    params = [tensor(x, d, True) for x, d in zip(init, dtypes)]
+    opt = Lion(params, lr=0.01, weight_decay=0.1, maximize=True, foreach=True)
+    counter = CompileCounter()
+    step = torch.compile(opt.step, backend=counter, fullgraph=True)
+    grads = [[rng.standard_normal(5) for _ in dtypes] for _ in range(3)]
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = tensor(g, p.dtype)
+        kept = [p.grad.clone() for p in params]
+        step()
+        for p, g in zip(params, kept):
+            assert_exact(p.grad, g, what="p.grad after a compiled step")
+    assert counter.frame_count == 1
+    stored = [[tensor(g, d).double().numpy() for g, d in zip(step_grads, dtypes)] for step_grads in grads]
+    ref = reference_lion([init[0]], [[g[0]] for g in stored], lr=0.01, weight_decay=0.1, maximize=True)
+    assert_exact(params[0], ref.params[0], what="float64 param")
+    low, _ = reference_stored(init[1:], [g[1:] for g in stored], param_dtypes=dtypes[1:],
+                              momentum_dtypes=[torch.float32] * 2, lr=0.01, weight_decay=0.1, maximize=True)
+    for p, expected in zip(params[1:], low):
+        assert_close(p, expected, rtol=2**-20, atol=0, what=f"{p.dtype} param")
+    assert [opt.state[p]["exp_avg"].dtype for p in params] == [torch.float64, torch.float32, torch.float32]
+    torch._dynamo.reset()

@@ -166,7 +166,8 @@ def test_jit_does_not_retrace_and_momentum_dtype_is_fixed():
         assert len(traces) == 1, f"the step was traced {len(traces)} times"
         ref = reference_lion([np.asarray(params["w"], np.float32)],
                              [[np.full((8, 4), 0.5 - t)] for t in range(3)], lr=1e-2, weight_decay=1e-3)
-        assert_close(p["w"], ref.params[0], rtol=2.0**-8, atol=0, what="bfloat16 param")
+        # Three steps, each rounding the bfloat16 parameter once (half an ulp: 2**-9 relative).
+        assert_close(p["w"], ref.params[0], rtol=3 * 2.0**-9, atol=0, what="bfloat16 param")
 
 
 def test_lax_scan_over_steps():

@@ -101,7 +101,7 @@ class Lion(Optimizer):
 
     Args:
       params: the parameters to optimize, or dicts defining parameter groups (each may override any
-        option below except the implementation flags' meaning).
+        option below).
       lr: the learning rate :math:`\eta`, a float or a one-element tensor (default: 1e-4). Lion's
         update has unit size per coordinate, so use a learning rate 3-10x smaller than AdamW's.
       betas: :math:`(\beta_1, \beta_2)`, the interpolation coefficient of the direction and the decay
@@ -333,18 +333,16 @@ class Lion(Optimizer):
         name = f"state_dict['state'][{key!r}]"
         keys = sorted(value) if isinstance(value, Mapping) else value
         if not isinstance(value, Mapping) or (value and list(keys) != list(_STATE_KEYS)):
-            raise lion_core.invalid_value(
-                f"{name}.keys()", f"{list(_STATE_KEYS)}, the state Lion keeps (is it another optimizer's?)", keys
-            )
+            expected = f"{list(_STATE_KEYS)}, the state Lion keeps (is it another optimizer's?)"
+            raise lion_core.invalid_value(f"{name}.keys()", expected, keys)
         if not value:
             return None
         exp_avg = value["exp_avg"]
         if not isinstance(exp_avg, Tensor):
             raise lion_core.invalid_type(f"{name}['exp_avg']", "a tensor", exp_avg)
         if exp_avg.shape != param.shape:
-            raise lion_core.invalid_value(
-                f"{name}['exp_avg'].shape", f"{tuple(param.shape)}, the shape of its parameter", tuple(exp_avg.shape)
-            )
+            expected = f"{tuple(param.shape)}, the shape of its parameter"
+            raise lion_core.invalid_value(f"{name}['exp_avg'].shape", expected, tuple(exp_avg.shape))
         if exp_avg.is_complex() != param.is_complex():
             raise lion_core.invalid_value(
                 f"{name}['exp_avg'].dtype", f"a dtype like its parameter's {param.dtype}", exp_avg.dtype

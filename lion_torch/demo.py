@@ -1,4 +1,4 @@
-"""``lion demo`` on PyTorch: an MLP on scikit-learn's digits with ``lion_torch.Lion`` or ``torch.optim.AdamW``.
+"""``lion demo`` on PyTorch: an MLP on scikit-learn's digits with ``lion_torch.Lion`` or ``AdamW``.
 
 The recipe (data split, initial weights, batch order, hyperparameters) is ``lion_core.cli``'s, shared
 with the Keras and JAX demos. The data ships with scikit-learn (no download), the seeds are fixed,
@@ -110,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = demo_settings(args.optimizer)
     print(f"{args.optimizer} on scikit-learn digits: lr={settings['lr']:.3g}, "
           f"weight_decay={settings['weight_decay']:.3g}, {args.epochs} epochs", flush=True)
+    def on_epoch(epoch: int, loss: float) -> None:
+        print(f"epoch {epoch + 1:3d}  loss {loss:.4f}", flush=True)
+
     history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed, impl=args.impl,
-                         on_epoch=lambda epoch, loss: print(f"epoch {epoch + 1:3d}  loss {loss:.4f}", flush=True))
+                         on_epoch=on_epoch)
     print(f"test accuracy {history.accuracy:.3f}  ({history.seconds:.1f} s)")
     return 0
 

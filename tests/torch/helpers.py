@@ -23,7 +23,8 @@ def _fused_param() -> Any:
     try:
         from kernels import cpu_lion
     except ImportError as error:  # pragma: no cover - depends on the kernels helper's progress
-        return pytest.param("fused", marks=pytest.mark.skip(reason=f"kernels.cpu_lion cannot be imported: {error}"))
+        reason = f"kernels.cpu_lion cannot be imported: {error}"
+        return pytest.param("fused", marks=pytest.mark.skip(reason=reason))
     if not cpu_lion.available():
         try:
             cpu_lion.require()

@@ -48,14 +48,14 @@ class FakeKernel(types.ModuleType):
     def lion_(self, params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, max_lr, cautious, maximize,
               grad_scale=None, found_inf=None):
         self.calls.append([tuple(p.shape) for p in params])
-        self.kwargs.append(dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr,
-                                cautious=cautious, maximize=maximize, grad_scale=grad_scale, found_inf=found_inf))
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr,
+                     cautious=cautious, maximize=maximize)
+        self.kwargs.append(dict(hyper, grad_scale=grad_scale, found_inf=found_inf))
         if found_inf is not None and found_inf.item():
             return
         for p, g, m in zip(params, grads, exp_avgs):
             g = g if grad_scale is None else g / grad_scale
-            new_p, new_m = lion_core.lion_step(p, g, m, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                                               max_lr=max_lr, cautious=cautious, maximize=maximize, xp=torch)
+            new_p, new_m = lion_core.lion_step(p, g, m, **hyper, xp=torch)
             p.copy_(new_p)
             m.copy_(new_m)
 
@@ -141,7 +141,8 @@ def test_fused_without_a_runnable_kernel_fails_at_construction_with_the_remedy(m
 
 
 def test_fused_on_a_device_without_a_kernel_is_refused():
-    expected = "Invalid `fused`: expected False or None for parameters on 'meta' (fused kernels exist for cpu, cuda)"
+    expected = ("Invalid `fused`: expected False or None for parameters on 'meta' "
+                "(fused kernels exist for cpu, cuda)")
     with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         Lion([torch.zeros(2, device="meta", requires_grad=True)], fused=True)
 
@@ -180,14 +181,14 @@ def test_fused_routes_what_the_kernel_refuses_to_foreach(fake_cpu, spies):
 
 def test_fused_passes_the_hyperparameters_and_amp_tensors(fake_cpu):
     p = torch.zeros(4, requires_grad=True)
-    opt = Lion([p], lr=0.05, betas=(0.8, 0.9), weight_decay=0.2, cautious=True, decouple_lr=True, maximize=True,
-               fused=True)
+    opt = Lion([p], lr=0.05, betas=(0.8, 0.9), weight_decay=0.2, cautious=True, decouple_lr=True,
+               maximize=True, fused=True)
     opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(0.0)  # as GradScaler sets them
     p.grad = torch.full((4,), 8.0)
     opt.step()
     kwargs = fake_cpu.kwargs[0]
-    assert {k: kwargs[k] for k in ("lr", "beta1", "beta2", "weight_decay", "max_lr", "cautious", "maximize")} == {
-        "lr": 0.05, "beta1": 0.8, "beta2": 0.9, "weight_decay": 0.2, "max_lr": 0.05, "cautious": True,
-        "maximize": True}
+    hyper = {k: v for k, v in kwargs.items() if k not in ("grad_scale", "found_inf")}
+    assert hyper == {"lr": 0.05, "beta1": 0.8, "beta2": 0.9, "weight_decay": 0.2, "max_lr": 0.05,
+                     "cautious": True, "maximize": True}
     assert kwargs["grad_scale"].item() == 4.0 and kwargs["found_inf"].item() == 0.0
     assert_exact(p.grad, torch.full((4,), 8.0))

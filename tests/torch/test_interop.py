@@ -23,7 +23,8 @@ SHAPES = [(6, 4), (11,), ()]
 
 def _problem(seed, steps):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(s) for s in SHAPES], [[rng.standard_normal(s) for s in SHAPES] for _ in range(steps)]
+    init = [rng.standard_normal(s) for s in SHAPES]
+    return init, [[rng.standard_normal(s) for s in SHAPES] for _ in range(steps)]
 
 
 def _run(opt, params, grads):
@@ -60,7 +61,7 @@ def test_same_numbers_as_lion_pytorch(path, theirs, weight_decay):
     if path == "foreach" and theirs == "loop":
         # The same ATen arithmetic for the momentum (mul_, then add_ with alpha): bit for bit.
         for p, q in zip(ours, their_params):
-            assert_exact(opt.state[p]["exp_avg"], their_opt.state[q]["exp_avg"], what="momentum vs lion-pytorch")
+            assert_exact(opt.state[p]["exp_avg"], their_opt.state[q]["exp_avg"], what="momentum vs theirs")
 
 
 def test_decoupled_weight_decay_matches_lion_pytorch_for_one_group():

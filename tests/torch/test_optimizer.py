@@ -31,7 +31,8 @@ def test_defaults_are_lion_cores_and_lion_pytorchs():
     assert ours["weight_decay"].default == torch_defaults.weight_decay == theirs["weight_decay"].default
     opt = Lion([torch.zeros(2, requires_grad=True)])
     group = opt.param_groups[0]
-    assert (group["cautious"], group["decouple_lr"], group["max_lr"], group["maximize"]) == (False, False, None, False)
+    variants = (group["cautious"], group["decouple_lr"], group["max_lr"], group["maximize"])
+    assert variants == (False, False, None, False)
     assert (group["momentum_dtype"], group["foreach"], group["fused"]) == (None, None, None)
 
 
@@ -85,7 +86,8 @@ def test_parameter_without_gradient_is_skipped_and_gets_no_state(path):
     assert sorted(opt.state[params[0]]) == ["exp_avg"]
 
 
-@pytest.mark.parametrize("options", [{}, {"maximize": True, "weight_decay": 0.1}, {"cautious": True}], ids=str)
+@pytest.mark.parametrize("options", [{}, {"maximize": True, "weight_decay": 0.1}, {"cautious": True}],
+                         ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("path", PATHS)
 def test_step_never_writes_to_grad(path, dtype, options):

@@ -108,7 +108,8 @@ def test_adam_state_dict_is_refused():
     adam.step()
     opt = Lion([p])
     expected = ("Invalid `state_dict['state'][0].keys()`: expected ['exp_avg'], the state Lion keeps (is it "
-                "another optimizer's?). Received: state_dict['state'][0].keys()=['exp_avg', 'exp_avg_sq', 'step']")
+                "another optimizer's?). "
+                "Received: state_dict['state'][0].keys()=['exp_avg', 'exp_avg_sq', 'step']")
     with pytest.raises(ValueError, match=re.escape(expected)):
         opt.load_state_dict(adam.state_dict())
     assert len(opt.state) == 0
@@ -126,9 +127,10 @@ def test_mismatched_shape_is_refused():
 
 def test_momentum_that_is_not_a_tensor_is_refused():
     opt = Lion([torch.zeros(3, requires_grad=True)])
-    saved = {"state": {0: {"exp_avg": [0.0, 0.0, 0.0]}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99),
-                                                                          "weight_decay": 0.0, "params": [0]}]}
-    with pytest.raises(TypeError, match=re.escape("Invalid `state_dict['state'][0]['exp_avg']`: expected a tensor")):
+    group = {"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.0, "params": [0]}
+    saved = {"state": {0: {"exp_avg": [0.0, 0.0, 0.0]}}, "param_groups": [group]}
+    expected = "Invalid `state_dict['state'][0]['exp_avg']`: expected a tensor"
+    with pytest.raises(TypeError, match=re.escape(expected)):
         opt.load_state_dict(saved)
 
 

@@ -19,7 +19,12 @@ import lion_core
 
 from ._optimizer import _dtype
 
-_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 
 
 class _TensorList:
@@ -88,7 +93,9 @@ def _real(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def multi_tensor_update(optimizer: Any, grads: Sequence[Any], variables: Sequence[Any], learning_rate: Any) -> None:
+def multi_tensor_update(
+    optimizer: Any, grads: Sequence[Any], variables: Sequence[Any], learning_rate: Any
+) -> None:
     """``Lion.update_step`` for all ``variables`` at once, grouped by compute dtype."""
     groups: dict[str, list[int]] = defaultdict(list)
     momentums = [optimizer._momentums[optimizer._get_variable_index(v)] for v in variables]

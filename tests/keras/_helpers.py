@@ -31,6 +31,19 @@ def f32_atol(params: Sequence[np.ndarray], steps: int, lr: float) -> float:
     return 4 * steps * EPS32 * scale
 
 
+def momentum_atol(grads: Sequence[Sequence[np.ndarray | None]], steps: int | None = None) -> float:
+    """Float32 tolerance for momenta against the float64 reference.
+
+    The momentum is a convex combination of the gradients, so no value along the way exceeds the
+    largest gradient; each step rounds three times (two products and a sum), by at most half an ulp
+    of such a value. The bound is absolute: where the gradients cancel, the momentum is small and
+    its relative error large.
+    """
+    steps = len(grads) if steps is None else steps
+    largest = max(float(np.max(np.abs(g))) for step in grads for g in step if g is not None and np.size(g))
+    return 4 * steps * EPS32 * largest
+
+
 def margin_grads(
     params: Sequence[np.ndarray],
     steps: int,
@@ -59,7 +72,9 @@ def margin_grads(
     return out
 
 
-def random_params(shapes: Sequence[tuple[int, ...]], seed: int = 1, dtype: str = "float32") -> list[np.ndarray]:
+def random_params(
+    shapes: Sequence[tuple[int, ...]], seed: int = 1, dtype: str = "float32"
+) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(dtype) for shape in shapes]
 

@@ -17,14 +17,15 @@ import lion_keras
 from lion_core.reference import reference_lion, reference_step
 from tests.keras._helpers import (
     BACKEND,
-    EPS32,
     f32_atol,
     margin_grads,
     momenta,
+    momentum_atol,
     random_params,
     run_apply,
     values,
 )
+from tests.keras._lion_torch_run import run as run_lion_torch
 from tests.support import assert_close, assert_exact
 
 SHAPES = [(7, 5), (5,), (1,), (3, 1, 4)]
@@ -53,7 +54,10 @@ REFERENCE_CASES = {
         dict(learning_rate=LR, weight_decay=0.5, cautious=True),
         dict(lr=LR, weight_decay=0.5, cautious=True),
     ),
-    "schedule": (dict(learning_rate=_schedule, weight_decay=0.5), dict(lr=_schedule_values, weight_decay=0.5)),
+    "schedule": (
+        dict(learning_rate=_schedule, weight_decay=0.5),
+        dict(lr=_schedule_values, weight_decay=0.5),
+    ),
     "decoupled_default_max_lr": (
         dict(learning_rate=LR, weight_decay=0.5, decouple_lr=True),
         dict(lr=LR, weight_decay=0.5, max_lr=LR),
@@ -93,7 +97,39 @@ def test_matches_reference(case):
     for i, (got, want) in enumerate(zip(values(variables), expected.params)):
         assert_close(got, want, rtol=0, atol=atol, what=f"{case}: param {i}")
     for i, (got, want) in enumerate(zip(momenta(optimizer), expected.momentum)):
-        assert_close(got, want, rtol=4 * STEPS * EPS32, atol=1e-7, what=f"{case}: momentum {i}")
+        assert_close(got, want, rtol=0, atol=momentum_atol(grads), what=f"{case}: momentum {i}")
+
+
+@pytest.mark.parametrize(
+    "kwargs, ref",
+    [
+        (dict(learning_rate=1e-3, weight_decay=0.1), dict(lr=1e-3, weight_decay=0.1)),
+        (dict(learning_rate=1e-2, weight_decay=0.5), dict(lr=1e-2, weight_decay=0.5)),
+        (
+            dict(learning_rate=1e-3, weight_decay=0.01, decouple_lr=True),
+            dict(lr=1e-3, weight_decay=0.01, max_lr=1e-3),
+        ),
+    ],
+    ids=["keras_decay_1e-4", "keras_decay_5e-3", "decoupled_1e-2"],
+)
+def test_weight_decay_rounds_within_one_ulp_of_the_reference(kwargs, ref):
+    """With a zero gradient the step is the decay alone, so its rounding can be measured.
+
+    Keras' base class computes ``p - p * wd * lr`` (``p * (1 - wd * lr)`` on PyTorch); the reference
+    computes ``p * (1 - lr * wd)`` in float64. Measured over 10**6 float32 values of magnitudes
+    1e-2 to 1e2: Keras' order is within 0.505 ulp of the reference, the reference's order evaluated
+    in float32 within 0.78 ulp, and the two float32 results differ by one ulp on 6-20% of elements
+    (lr * wd from 1e-4 to 5e-3). One ulp per decay is the bound used in ``f32_atol``.
+    """
+    rng = np.random.default_rng(7)
+    p = (rng.standard_normal(4096) * np.exp(rng.uniform(-4.6, 4.6, 4096))).astype(np.float32)
+    optimizer = lion_keras.Lion(**kwargs)
+    (variable,) = run_apply(optimizer, [p], [[np.zeros_like(p)]])
+    expected, _ = reference_step(p, np.zeros_like(p), np.zeros_like(p), **ref)
+    got = values([variable])[0].astype(np.float64)
+    ulps = np.abs(got - expected) / np.spacing(np.abs(p)).astype(np.float64)
+    assert ulps.max() <= 1.0, f"decay rounding {ulps.max():.3f} ulp"
+    assert not np.array_equal(got, p), "the decay did something"
 
 
 def test_callable_hyperparameters_are_evaluated_every_step():
@@ -114,7 +150,7 @@ def test_callable_hyperparameters_are_evaluated_every_step():
     for got, want in zip(values(variables), expected.params):
         assert_close(got, want, rtol=0, atol=f32_atol(params, len(lrs), max(lrs)))
     for got, want in zip(momenta(optimizer), expected.momentum):
-        assert_close(got, want, rtol=4 * len(lrs) * EPS32, atol=1e-7)
+        assert_close(got, want, rtol=0, atol=momentum_atol(grads))
 
 
 def test_excluded_and_skipped_variables_match_reference():
@@ -197,7 +233,8 @@ def test_bfloat16_variables_keep_float32_momentum_and_round_once():
     optimizer = lion_keras.Lion(learning_rate=LR)
     variables = [keras.Variable(params[0], dtype="bfloat16"), keras.Variable(params[1], dtype="float32")]
     for step_grads in grads:
-        optimizer.apply([ops.convert_to_tensor(step_grads[0], "bfloat16"), ops.convert_to_tensor(step_grads[1])], variables)
+        bf16_grad = ops.convert_to_tensor(step_grads[0], "bfloat16")
+        optimizer.apply([bf16_grad, ops.convert_to_tensor(step_grads[1])], variables)
     assert [keras.backend.standardize_dtype(m.dtype) for m in optimizer._momentums] == ["float32", "float32"]
     # The reference, with the bf16 variable rounded to bf16 after each step, as storing it does.
     p, m = _bf16(params[0]), np.zeros(params[0].shape)
@@ -207,7 +244,7 @@ def test_bfloat16_variables_keep_float32_momentum_and_round_once():
     got = values(variables)
     # fp32 then bf16 rounding can differ from one fp64 -> bf16 rounding by one bf16 ulp (2**-8).
     assert_close(got[0], p, rtol=2.0**-8, atol=0, what="bf16 param")
-    assert_close(momenta(optimizer)[0], m, rtol=4 * steps * EPS32, atol=1e-7, what="fp32 momentum")
+    assert_close(momenta(optimizer)[0], m, rtol=0, atol=momentum_atol(grads), what="fp32 momentum")
     expected32 = reference_lion([params[1]], [[g[1]] for g in grads], lr=LR)
     assert_close(got[1], expected32.params[0], rtol=0, atol=f32_atol(params, steps, LR), what="fp32 param")
 
@@ -271,7 +308,7 @@ def test_matches_keras_lion(case):
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert_close(a, b, rtol=0, atol=atol, what=f"{case}: param {i}")
     for i, (a, b) in enumerate(zip(our_m, their_m)):
-        assert_close(a, b, rtol=4 * steps * EPS32, atol=1e-7, what=f"{case}: momentum {i}")
+        assert_close(a, b, rtol=0, atol=momentum_atol(grads), what=f"{case}: momentum {i}")
     for i, (a, b) in enumerate(zip(our_avg, their_avg)):
         assert_close(a, b, rtol=0, atol=atol, what=f"{case}: EMA {i}")
     # The case did something: the parameters moved.
@@ -283,28 +320,26 @@ def test_matches_keras_lion(case):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.5])
 def test_matches_lion_torch(weight_decay):
-    import torch
-
-    import lion_torch
-
     params = random_params(SHAPES)
     grads = margin_grads(params, STEPS, beta1=0.95, beta2=0.98)
-    tensors = [torch.tensor(p, requires_grad=True) for p in params]
-    torch_optimizer = lion_torch.Lion(tensors, lr=LR, betas=(0.95, 0.98), weight_decay=weight_decay)
-    for step_grads in grads:
-        for t, g in zip(tensors, step_grads):
-            t.grad = torch.tensor(g)
-        torch_optimizer.step()
-    optimizer = lion_keras.Lion(
-        learning_rate=LR, beta_1=0.95, beta_2=0.98, weight_decay=weight_decay or None
+    # On TensorFlow, lion_torch runs in a process of its own (see _lion_torch_run).
+    theirs, their_momenta = run_lion_torch(
+        params,
+        grads,
+        subprocess_=BACKEND == "tensorflow",
+        lr=LR,
+        betas=(0.95, 0.98),
+        weight_decay=weight_decay,
     )
+    optimizer = lion_keras.Lion(learning_rate=LR, beta_1=0.95, beta_2=0.98, weight_decay=weight_decay or None)
     variables = run_apply(optimizer, params, grads)
-    for i, (ours, theirs) in enumerate(zip(values(variables), tensors)):
-        assert_close(ours, theirs.detach().numpy(), rtol=0, atol=f32_atol(params, STEPS, LR), what=f"param {i}")
-    for i, (ours, t) in enumerate(zip(momenta(optimizer), tensors)):
-        assert_close(
-            ours, torch_optimizer.state[t]["exp_avg"].numpy(), rtol=4 * STEPS * EPS32, atol=1e-7, what=f"momentum {i}"
-        )
+    for i, (ours, want) in enumerate(zip(values(variables), theirs)):
+        assert_close(ours, want, rtol=0, atol=f32_atol(params, STEPS, LR), what=f"param {i}")
+    for i, (ours, want) in enumerate(zip(momenta(optimizer), their_momenta)):
+        assert_close(ours, want, rtol=0, atol=momentum_atol(grads), what=f"momentum {i}")
+    expected = reference_lion(params, grads, lr=LR, beta1=0.95, beta2=0.98, weight_decay=weight_decay)
+    for i, (want, ref) in enumerate(zip(theirs, expected.params)):
+        assert_close(want, ref, rtol=0, atol=f32_atol(params, STEPS, LR), what=f"lion_torch param {i}")
 
 
 # --- the backend's own paths ------------------------------------------------------------------
@@ -332,7 +367,10 @@ def test_update_path_per_backend(monkeypatch):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(learning_rate=LR, weight_decay=0.5), dict(learning_rate=LR, cautious=True, decouple_lr=True, weight_decay=1.0)],
+    [
+        dict(learning_rate=LR, weight_decay=0.5),
+        dict(learning_rate=LR, cautious=True, decouple_lr=True, weight_decay=1.0),
+    ],
     ids=["weight_decay", "cautious_decoupled"],
 )
 def test_stateless_apply(kwargs):
@@ -346,7 +384,9 @@ def test_stateless_apply(kwargs):
     optimizer.build(variables)
     if BACKEND == "tensorflow":
         with pytest.raises(ValueError, match="stateless_apply is not supported"):
-            optimizer.stateless_apply([v.value for v in optimizer.variables], grads[0], [v.value for v in variables])
+            optimizer.stateless_apply(
+                [v.value for v in optimizer.variables], grads[0], [v.value for v in variables]
+            )
         return
     apply = optimizer.stateless_apply
     if BACKEND == "jax":
@@ -356,10 +396,12 @@ def test_stateless_apply(kwargs):
     opt_values = [v.value for v in optimizer.variables]
     param_values = [v.value for v in variables]
     for step_grads in grads:
-        param_values, opt_values = apply(opt_values, [ops.convert_to_tensor(g) for g in step_grads], param_values)
+        tensors = [ops.convert_to_tensor(g) for g in step_grads]
+        param_values, opt_values = apply(opt_values, tensors, param_values)
     for got, want in zip(param_values, expected):
         assert_close(ops.convert_to_numpy(got), want, rtol=0, atol=f32_atol(params, 3, LR))
-    assert all(np.array_equal(values([v])[0], p) for v, p in zip(variables, params)), "stateless changed state"
+    unchanged = all(np.array_equal(values([v])[0], p) for v, p in zip(variables, params))
+    assert unchanged, "stateless_apply changed the variables it was given"
     if BACKEND == "torch":
         # The per-variable keras.ops path and the multi-tensor path agree bit for bit.
         for got, want in zip(param_values, expected):

@@ -59,14 +59,19 @@ def _digits():
 
 def _model(optimizer):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)]
+    )
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(learning_rate=1e-3, weight_decay=0.1), dict(learning_rate=2e-3, cautious=True, momentum_dtype="bfloat16")],
+    [
+        dict(learning_rate=1e-3, weight_decay=0.1),
+        dict(learning_rate=2e-3, cautious=True, momentum_dtype="bfloat16"),
+    ],
     ids=["float32_momentum", "bfloat16_momentum_cautious"],
 )
 def test_save_load_restores_momentum_and_training_continues_identically(tmp_path, kwargs):
@@ -116,7 +121,11 @@ def _built(shapes, **kwargs):
 def test_mismatched_variable_count_raises():
     source = _built([(3, 2), (2,)])
     target = _built([(3, 2), (2,)], use_ema=True)
-    with pytest.raises(RuntimeError, match=r"Cannot load the saved state into optimizer '.*': it has 6 variables, but the saved state has 4\. It was saved for a different model"):
+    expected = (
+        r"Cannot load the saved state into optimizer '.*': it has 6 variables, but the saved state "
+        r"has 4\. It was saved for a different model"
+    )
+    with pytest.raises(RuntimeError, match=expected):
         target.load_own_variables(_state(source))
     # keras.optimizers.Lion, for contrast, only warns and keeps its state.
     theirs = keras.optimizers.Lion(use_ema=True)
@@ -131,13 +140,15 @@ def test_loading_into_an_unbuilt_optimizer_raises():
 
 
 def test_mismatched_shape_raises():
-    with pytest.raises(RuntimeError, match=r"saved variable 2 \('.*momentum'\) has shape \(3, 2\), expected \(2, 3\)"):
+    expected = r"saved variable 2 \('.*momentum'\) has shape \(3, 2\), expected \(2, 3\)"
+    with pytest.raises(RuntimeError, match=expected):
         _built([(2, 3)]).load_own_variables(_state(_built([(3, 2)])))
 
 
 def test_mismatched_momentum_dtype_raises():
     """A float32 momentum is not silently rounded into a bfloat16 one (or the other way round)."""
-    with pytest.raises(RuntimeError, match=r"has dtype float32, expected bfloat16 \(pass the `momentum_dtype`"):
+    expected = r"has dtype float32, expected bfloat16 \(pass the `momentum_dtype`"
+    with pytest.raises(RuntimeError, match=expected):
         _built([(3,)], momentum_dtype="bfloat16").load_own_variables(_state(_built([(3,)])))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import re
 import textwrap
 from pathlib import Path
@@ -140,3 +141,8 @@ def test_readme_shows_the_tested_example():
     """README.md holds the example above verbatim, in a ```python block."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert _docstring_example() in blocks, "paste lion_keras.__doc__'s example into README.md"
+
+
+def test_class_docstring_example():
+    results = doctest.testmod(lion_keras._optimizer, optionflags=doctest.ELLIPSIS)
+    assert results.attempted > 0 and results.failed == 0, results

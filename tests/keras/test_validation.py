@@ -51,60 +51,80 @@ def _message(text: str) -> str:
     return "^" + re.escape(text) + "$"
 
 
-BAD_VALUES = [
-    (dict(learning_rate=-1e-3), "Invalid `learning_rate`: expected 0 <= learning_rate < inf. Received: learning_rate=-0.001"),
-    (dict(learning_rate=float("nan")), "Invalid `learning_rate`: expected 0 <= learning_rate < inf. Received: learning_rate=nan"),
-    (dict(beta_1=1.0), "Invalid `beta_1`: expected 0 <= beta_1 < 1. Received: beta_1=1.0"),
-    (dict(beta_1=-0.1), "Invalid `beta_1`: expected 0 <= beta_1 < 1. Received: beta_1=-0.1"),
+def _range(name: str, expected: str, received: str) -> str:
+    return f"Invalid `{name}`: expected {expected}. Received: {name}={received}"
+
+
+LR_RANGE = "0 <= learning_rate < inf"
+WD_RANGE = "0 <= weight_decay < inf"
+
+BAD_VALUES = {
+    "learning_rate_negative": (dict(learning_rate=-1e-3), _range("learning_rate", LR_RANGE, "-0.001")),
+    "learning_rate_nan": (dict(learning_rate=float("nan")), _range("learning_rate", LR_RANGE, "nan")),
+    "beta_1_one": (dict(beta_1=1.0), _range("beta_1", "0 <= beta_1 < 1", "1.0")),
+    "beta_1_negative": (dict(beta_1=-0.1), _range("beta_1", "0 <= beta_1 < 1", "-0.1")),
     # keras.optimizers.Lion never checks beta_2.
-    (dict(beta_2=1.5), "Invalid `beta_2`: expected 0 <= beta_2 < 1. Received: beta_2=1.5"),
-    (dict(weight_decay=-0.1), "Invalid `weight_decay`: expected 0 <= weight_decay < inf. Received: weight_decay=-0.1"),
-    (dict(decouple_lr=True, max_lr=0.0), "Invalid `max_lr`: expected 0 < max_lr < inf. Received: max_lr=0.0"),
-    (
+    "beta_2_above_one": (dict(beta_2=1.5), _range("beta_2", "0 <= beta_2 < 1", "1.5")),
+    "weight_decay_negative": (dict(weight_decay=-0.1), _range("weight_decay", WD_RANGE, "-0.1")),
+    "max_lr_zero": (dict(decouple_lr=True, max_lr=0.0), _range("max_lr", "0 < max_lr < inf", "0.0")),
+    # With no max_lr, the schedule's value at step 0 is used, and a warm-up from 0 cannot be.
+    "max_lr_from_warmup": (
         dict(learning_rate=keras.optimizers.schedules.PolynomialDecay(0.0, 10, 1e-3), decouple_lr=True),
-        "Invalid `max_lr`: expected 0 < max_lr < inf. Received: max_lr=0.0",
+        _range("max_lr", "0 < max_lr < inf", "0.0"),
     ),
-    (
+    "momentum_dtype_int8": (
         dict(momentum_dtype="int8"),
-        "Invalid `momentum_dtype`: expected None or one of ('float16', 'bfloat16', 'float32', 'float64'). "
-        "Received: momentum_dtype='int8'",
+        _range("momentum_dtype", "None or one of ('float16', 'bfloat16', 'float32', 'float64')", "'int8'"),
     ),
-]
+}
 
 
-@pytest.mark.parametrize("kwargs, text", BAD_VALUES, ids=[next(iter(k)) + str(i) for i, (k, _) in enumerate(BAD_VALUES)])
-def test_bad_values_raise_value_error(kwargs, text):
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_raise_value_error(case):
+    kwargs, text = BAD_VALUES[case]
     with pytest.raises(ValueError, match=_message(text)):
         lion_keras.Lion(**kwargs)
 
 
-BAD_TYPES = [
-    (dict(learning_rate="0.1"), "Invalid `learning_rate`: expected a real number, a schedule (callable) or a scalar tensor. Received: learning_rate='0.1' of type str"),
-    (dict(beta_1=None), "Invalid `beta_1`: expected a real number, a schedule (callable) or a scalar tensor. Received: beta_1=None of type NoneType"),
-    (dict(beta_2=(0.9, 0.99)), "Invalid `beta_2`: expected a real number, a schedule (callable) or a scalar tensor. Received: beta_2=(0.9, 0.99) of type tuple"),
-    (dict(weight_decay=lambda: 0.1), None),
-    (dict(cautious=1), "Invalid `cautious`: expected True or False. Received: cautious=1 of type int"),
-    (dict(decouple_lr="yes"), "Invalid `decouple_lr`: expected True or False. Received: decouple_lr='yes' of type str"),
-    (dict(momentum_dtype=np.float32), None),
-]
+NUMBER = "a real number, a schedule (callable) or a scalar tensor"
+
+BAD_TYPES = {
+    "learning_rate_str": (dict(learning_rate="0.1"), _range("learning_rate", NUMBER, "'0.1' of type str")),
+    "beta_1_none": (dict(beta_1=None), _range("beta_1", NUMBER, "None of type NoneType")),
+    "beta_2_pair": (dict(beta_2=(0.9, 0.99)), _range("beta_2", NUMBER, "(0.9, 0.99) of type tuple")),
+    "cautious_int": (dict(cautious=1), _range("cautious", "True or False", "1 of type int")),
+    "decouple_lr_str": (dict(decouple_lr="yes"), _range("decouple_lr", "True or False", "'yes' of type str")),
+    "momentum_dtype_class": (
+        dict(momentum_dtype=np.float32),
+        _range(
+            "momentum_dtype",
+            "None or one of ('float16', 'bfloat16', 'float32', 'float64')",
+            "<class 'numpy.float32'> of type type",
+        ),
+    ),
+}
 
 
-@pytest.mark.parametrize("kwargs, text", BAD_TYPES, ids=[next(iter(k)) + str(i) for i, (k, _) in enumerate(BAD_TYPES)])
-def test_bad_types_raise_type_error(kwargs, text):
-    if text is None:
-        (name,) = kwargs
-        text = f"Invalid `{name}`: expected "
-        with pytest.raises(TypeError, match="^" + re.escape(text) + r".*Received: " + name + "=.* of type "):
-            lion_keras.Lion(**kwargs)
-        return
+@pytest.mark.parametrize("case", sorted(BAD_TYPES))
+def test_bad_types_raise_type_error(case):
+    kwargs, text = BAD_TYPES[case]
     with pytest.raises(TypeError, match=_message(text)):
         lion_keras.Lion(**kwargs)
+
+
+def test_scheduled_weight_decay_is_refused_at_construction():
+    """Keras' base class cannot apply a callable weight decay: refuse it now, not at the first step."""
+    expected = re.escape("Invalid `weight_decay`: expected None or a non-negative real number. Received: ")
+    with pytest.raises(TypeError, match="^" + expected + "weight_decay=<function .*> of type function$"):
+        lion_keras.Lion(weight_decay=lambda: 0.1)
 
 
 def test_max_lr_without_decouple_lr_raises():
     with pytest.raises(
         RuntimeError,
-        match=_message("`max_lr` is only used with `decouple_lr=True`. Received: decouple_lr=False, max_lr=0.01"),
+        match=_message(
+            "`max_lr` is only used with `decouple_lr=True`. Received: decouple_lr=False, max_lr=0.01"
+        ),
     ):
         lion_keras.Lion(max_lr=0.01)
 

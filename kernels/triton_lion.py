@@ -285,7 +285,9 @@ _addresses = _TableCache(_CACHE_SIZE)
 def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return values
-    return values.to(device)
+    # From pinned memory the copy is asynchronous: a miss (new tensors) does not wait for the GPU.
+    # The caching host allocator keeps the pinned block until the copy has completed.
+    return values.pin_memory().to(device, non_blocking=True)
 
 
 def _build_layout(numels: Sequence[int], device: torch.device) -> _Layout:

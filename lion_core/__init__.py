@@ -16,6 +16,7 @@ from ._rule import (
     ArrayNamespace,
     cautious_mask,
     decay_factor,
+    interpolate,
     lion_direction,
     lion_step,
     next_momentum,
@@ -36,6 +37,8 @@ from ._validation import (
     incompatible,
     invalid_type,
     invalid_value,
+    missing_dependency,
+    resolve_max_lr,
 )
 
 __version__ = "0.1.0"
@@ -62,11 +65,14 @@ __all__ = [
     "defaults",
     "from_adamw",
     "incompatible",
+    "interpolate",
     "invalid_type",
     "invalid_value",
     "lion_direction",
     "lion_step",
+    "missing_dependency",
     "momentum_dtype",
     "next_momentum",
+    "resolve_max_lr",
     "sign_with_nan",
 ]

@@ -77,20 +77,38 @@ def cautious_mask(update: A, grad: A, *, xp: ArrayNamespace) -> A:
     return update * mask / xp.where(kept_fraction > 0, kept_fraction, 1.0)
 
 
+def interpolate(momentum: A, grad: A, beta: Any, *, grad_first: bool = False) -> A:
+    r"""Returns :math:`\beta m + (1 - \beta) g`.
+
+    ``grad_first`` writes the gradient's term first. Rounded separately the two orders are equal, but
+    a compiler that contracts ``a * b + c * d`` into a fused multiply-add (XLA does) keeps the first
+    product exact, so an adapter that must reproduce its host's last bit writes the host's order:
+    Keras writes the momentum's term first, Optax the gradient's.
+    """
+    if grad_first:
+        return (1 - beta) * grad + beta * momentum
+    return beta * momentum + (1 - beta) * grad
+
+
 def lion_direction(
-    momentum: A, grad: A, *, beta1: Any, cautious: bool = False, xp: ArrayNamespace
+    momentum: A,
+    grad: A,
+    *,
+    beta1: Any,
+    cautious: bool = False,
+    grad_first: bool = False,
+    xp: ArrayNamespace,
 ) -> A:
     r"""Returns the step direction :math:`u = \operatorname{sign}(\beta_1 m + (1 - \beta_1) g)`."""
-    interpolation = beta1 * momentum + (1 - beta1) * grad
-    update = sign_with_nan(interpolation, xp=xp)
+    update = sign_with_nan(interpolate(momentum, grad, beta1, grad_first=grad_first), xp=xp)
     if cautious:
         update = cautious_mask(update, grad, xp=xp)
     return update
 
 
-def next_momentum(momentum: A, grad: A, *, beta2: Any) -> A:
-    r"""Returns :math:`\beta_2 m + (1 - \beta_2) g`."""
-    return beta2 * momentum + (1 - beta2) * grad
+def next_momentum(momentum: A, grad: A, *, beta2: Any, grad_first: bool = False) -> A:
+    r"""Returns :math:`\beta_2 m + (1 - \beta_2) g` (``grad_first``: see ``interpolate``)."""
+    return interpolate(momentum, grad, beta2, grad_first=grad_first)
 
 
 def lion_step(

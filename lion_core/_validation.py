@@ -36,6 +36,11 @@ def incompatible(message: str) -> RuntimeError:
     return RuntimeError(message)
 
 
+def missing_dependency(package: str, remedy: str) -> ImportError:
+    """Builds the error for an optional dependency that is absent: what to install, or what to do instead."""
+    return ImportError(f"install {package} or {remedy}")
+
+
 def concrete_scalar(value: object, name: str) -> float | None:
     """Returns ``value`` as a float when it is a concrete real scalar, else ``None``.
 
@@ -141,3 +146,20 @@ def check_momentum_dtype(value: object, name: str = "momentum_dtype") -> str | N
     if value not in MOMENTUM_DTYPES:
         raise invalid_value(name, f"None or one of {MOMENTUM_DTYPES}", value)
     return value
+
+
+def resolve_max_lr(max_lr: Any, learning_rate: Any, *, lr_name: str = "learning_rate") -> Any:
+    """Returns the peak learning rate for fully decoupled weight decay.
+
+    That is ``max_lr`` when given, else a constant ``learning_rate``. A schedule (or an array, whose
+    value may change between steps) hides its peak, so ``max_lr`` is then required rather than
+    guessed.
+    """
+    if max_lr is not None:
+        return check_max_lr(max_lr)
+    if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
+        return check_max_lr(learning_rate, lr_name)
+    raise incompatible(
+        f"`max_lr` is required with `decouple_lr=True` when `{lr_name}` is a schedule or an array, "
+        f"whose peak cannot be read at construction. Received: {lr_name}={learning_rate!r}, max_lr=None"
+    )

@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import importlib.util
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -284,7 +285,8 @@ def _stamp() -> str:
 
 
 def _machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}{load}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,22 +305,54 @@ class DemoResult(NamedTuple):
 
 def run_demo(backends: Sequence[str], *, epochs: int, seed: int, progress: bool = True) -> list[DemoResult]:
     """Trains Lion and AdamW on each backend in ``backends`` (already checked importable)."""
-    from tqdm.auto import tqdm
-
     results = []
     for name in backends:
         module = load_backend(name)
-        for optimizer in DEMO_OPTIMIZERS:
-            label = backend_label(name)
-            with tqdm(total=epochs, desc=f"{label} {optimizer}", unit="epoch", disable=not progress,
-                      file=sys.stderr, dynamic_ncols=True) as bar:
+        with _one_torch_thread(name):
+            results += _run_backend(name, module, epochs=epochs, seed=seed, progress=progress)
+    return results
 
-                def on_epoch(epoch: int, loss: float, bar: Any = bar) -> None:
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    bar.update(1)
 
-                history = getattr(module, RECIPE)(optimizer, epochs=epochs, seed=seed, on_epoch=on_epoch)
-            results.append(DemoResult(backend_label(name), optimizer, demo_settings(optimizer), history))
+@contextlib.contextmanager
+def _one_torch_thread(name: str) -> Iterator[None]:
+    """Runs the PyTorch demo on one intra-op thread, then restores the setting.
+
+    The demo's matrices (32 x 128) are too small to gain from threads, and with two threads on a
+    busy two-core machine the OpenMP barriers made a run 30x slower (32 s instead of 1 s, measured).
+    """
+    if name != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_backend(name: str, module: Any, *, epochs: int, seed: int, progress: bool) -> list[DemoResult]:
+    from tqdm.auto import tqdm
+
+    results = []
+    # One untimed epoch first: the backend's one-time start-up (XLA's client and thread pools, Keras'
+    # tracing machinery) would otherwise be charged to whichever optimizer runs first (2-5 s measured).
+    if progress:
+        print(f"{backend_label(name)}: warming up (one untimed epoch)", file=sys.stderr, flush=True)
+    getattr(module, RECIPE)(DEMO_OPTIMIZERS[-1], epochs=1, seed=seed)
+    for optimizer in DEMO_OPTIMIZERS:
+        label = backend_label(name)
+        with tqdm(total=epochs, desc=f"{label} {optimizer}", unit="epoch", disable=not progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+
+            def on_epoch(epoch: int, loss: float, bar: Any = bar) -> None:
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+
+            history = getattr(module, RECIPE)(optimizer, epochs=epochs, seed=seed, on_epoch=on_epoch)
+        results.append(DemoResult(label, optimizer, demo_settings(optimizer), history))
     return results
 
 
@@ -401,6 +435,7 @@ def _demo(args: argparse.Namespace) -> int:
     if demo_missing:
         raise CommandError(f"lion demo needs {', '.join(demo_missing)}: " + _install_hint("demo"))
     out = prepare_out(args.out)
+    machine, stamp, start = _machine(), _stamp(), time.perf_counter()
 
     results = run_demo(names, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     table = demo_table(results)
@@ -409,7 +444,8 @@ def _demo(args: argparse.Namespace) -> int:
     plot_demo(results, png)
     command = "lion demo " + " ".join(args.argv)
     (out / "lion-demo.md").write_text(
-        f"`{command.strip()}` on {_stamp()} ({_machine()}); {args.epochs} epochs, seed {args.seed}.\n\n"
+        f"`{command.strip()}` on {stamp} ({machine}); {args.epochs} epochs, seed {args.seed}; "
+        f"{time.perf_counter() - start:.0f} s in all.\n\n"
         f"{table}\n"
     )
     print(f"\nwrote {png} and {out / 'lion-demo.md'}")
@@ -430,17 +466,20 @@ class Benchmark(NamedTuple):
     extra: str
     needs_cuda: bool
     description: str
+    quick: tuple[str, ...]  # the script's arguments for a short smoke run (``lion bench --quick``)
 
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         Benchmark("torch-cpu", "bench_torch_cpu.py", ("torch",), "bench", False,
-                  "lion_torch.Lion step on the CPU vs lion-pytorch, torch-optimi, pytorch_optimizer"),
+                  "lion_torch.Lion step on the CPU vs lion-pytorch, torch-optimi, pytorch_optimizer",
+                  ("--quick",)),
         Benchmark("torch-cuda", "bench_torch_cuda.py", ("torch", "triton"), "triton", True,
-                  "lion_torch.Lion(fused=True) Triton step vs fused AdamW and the peers, on CUDA"),
-        Benchmark("optax", "bench_optax.py", ("jax", "optax"), "jax",
-                  False, "lion_optax.lion vs optax.lion and optax.adamw under jit"),
+                  "lion_torch.Lion(fused=True) Triton step vs fused AdamW and the peers, on CUDA",
+                  ("--scale", "0.1", "--repeats", "5")),
+        Benchmark("optax", "bench_optax.py", ("jax", "optax"), "jax", False,
+                  "lion_optax.lion vs optax.lion and optax.adamw under jit", ("--quick",)),
     )
 }
 
@@ -627,9 +666,11 @@ def _bench(args: argparse.Namespace) -> int:
     if not plan:
         raise CommandError("No benchmark can run here: " + "; ".join(f"{n}: {r}" for n, r in skipped))
     out = prepare_out(args.out)
+    machine, stamp, start = _machine(), _stamp(), time.perf_counter()
 
-    results = [run_benchmark(b, folder, args.script_args) for b in plan]
-    sections = [f"`lion bench {' '.join(args.argv)}`".replace(" `", "`") + f" on {_stamp()} ({_machine()})."]
+    results = [run_benchmark(b, folder, [*(b.quick if args.quick else ()), *args.script_args]) for b in plan]
+    sections = [f"`lion bench {' '.join(args.argv)}`".replace(" `", "`")
+                + f" on {stamp} ({machine}); {time.perf_counter() - start:.0f} s in all."]
     for result in results:
         tables = [markdown_table(h, r) for h, r in result.tables]
         notes = bench_notes(result.output)
@@ -697,6 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    bench.add_argument("--quick", action="store_true",
+                       help="a short smoke run of each script (smaller or fewer steps); figures are rough")
     bench.add_argument("--benchmarks", metavar="DIR", help="the benchmarks/ folder (default: the source checkout's)")
     bench.add_argument("--out", default=".", help="folder for lion-bench.md and lion-bench.png (default: .)")
     bench.add_argument("script_args", nargs=argparse.REMAINDER,

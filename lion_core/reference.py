@@ -85,6 +85,8 @@ def reference_step(
     for name, array in zip(("grad", "momentum"), arrays[1:]):
         if array.shape != shape:
             raise ValueError(f"`{name}` has shape {array.shape}, but `param` has shape {shape}")
+    if arrays[0].size == 0:  # nothing to update (and no mean of an empty mask to take)
+        return arrays[0], arrays[2]
     p, g, m = (_as_real(x, real) for x in arrays)
     with np.errstate(invalid="ignore"):  # inf - inf is how a non-finite c becomes a NaN update
         new_p, new_m = lion_step(

@@ -196,3 +196,18 @@ def test_importing_lion_core_imports_no_framework():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_term_order_does_not_change_separately_rounded_results():
+    rng = np.random.default_rng(5)
+    m, g = rng.normal(size=(2, 1000)).astype(np.float32)
+    for beta in (0.9, 0.99, 0.95):
+        a = lion_core.interpolate(m, g, beta)
+        b = lion_core.interpolate(m, g, beta, grad_first=True)
+        assert_exact(a, b, what=f"beta={beta}")
+
+
+@pytest.mark.filterwarnings("error")
+def test_cautious_on_an_empty_array_is_quiet():
+    p, m = reference_step(np.zeros(0), np.zeros(0), np.zeros(0), lr=0.1, cautious=True)
+    assert p.shape == m.shape == (0,)

@@ -190,3 +190,21 @@ def test_from_adamw_validates():
         lc.from_adamw(lr=-1.0)
     with pytest.raises(ValueError, match=re.escape("Invalid `betas[1]`")):
         lc.from_adamw(lr=1e-3, betas=(0.9, 1.0))
+
+
+# --- fully decoupled weight decay: the peak learning rate ----------------------------------------
+
+
+def test_resolve_max_lr():
+    assert lc.resolve_max_lr(None, 3e-4) == 3e-4
+    assert lc.resolve_max_lr(1e-3, lambda step: 1e-4) == 1e-3
+    with pytest.raises(RuntimeError, match=re.escape("`max_lr` is required with `decouple_lr=True` when `learning_rate` is a schedule")):
+        lc.resolve_max_lr(None, lambda step: 1e-4)
+    with pytest.raises(ValueError, match=re.escape("Invalid `lr`: expected 0 < lr < inf. Received: lr=0.0")):
+        lc.resolve_max_lr(None, 0.0, lr_name="lr")
+
+
+def test_missing_dependency_names_the_remedy():
+    error = lc.missing_dependency("Triton (pip install triton)", "pass fused=False")
+    assert isinstance(error, ImportError)
+    assert str(error) == "install Triton (pip install triton) or pass fused=False"

@@ -94,8 +94,7 @@ _TRUE = frozenset({"1", "true", "yes", "on", "y"})
 
 
 def _missing_triton() -> ImportError:
-    # The one error lion_core has no builder for (see the report on issue 5).
-    return ImportError("install Triton (pip install triton) or pass fused=False")
+    return lion_core.missing_dependency("Triton (pip install triton)", "pass fused=False")
 
 
 def _interpreting() -> bool:

@@ -9,7 +9,6 @@ numbers, bit for bit, for float32 parameters and gradients.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
@@ -46,17 +45,6 @@ def _from_real_pairs(x: jax.Array, dtype: Any) -> jax.Array:
     return jax.lax.complex(x[..., 0], x[..., 1]).astype(dtype)
 
 
-def _interpolate(momentum: jax.Array, grad: jax.Array, beta: Any) -> jax.Array:
-    r"""Returns :math:`\beta m + (1 - \beta) g` with the terms in ``optax.scale_by_lion``'s order.
-
-    XLA contracts ``a * b + c * d`` into a fused multiply-add on the first product, so the order of
-    the terms decides the last bit. optax writes the gradient's term first; ``lion_core`` writes the
-    momentum's first, which on XLA:CPU leaves about a quarter of the momentum one rounding away
-    from ``optax.lion``'s.
-    """
-    return (1 - beta) * grad + beta * momentum
-
-
 def _lion_leaf(
     grad: jax.Array, mu: jax.Array, *, b1: Any, b2: Any, cautious: bool
 ) -> tuple[jax.Array, jax.Array]:
@@ -68,10 +56,9 @@ def _lion_leaf(
         g, m = _real_pairs(grad, work), _real_pairs(mu, work)
     else:
         g, m = jnp.asarray(grad, work), jnp.asarray(mu, work)
-    direction = lion_core.sign_with_nan(_interpolate(m, g, b1), xp=jnp)
-    if cautious:
-        direction = lion_core.cautious_mask(direction, g, xp=jnp)
-    new_mu = _interpolate(m, g, b2)
+    # optax's term order: XLA contracts the first product into an FMA, so the order sets the last bit.
+    direction = lion_core.lion_direction(m, g, beta1=b1, cautious=cautious, grad_first=True, xp=jnp)
+    new_mu = lion_core.next_momentum(m, g, beta2=b2, grad_first=True)
     if is_complex:
         return _from_real_pairs(direction, jnp.result_type(grad, mu)), _from_real_pairs(new_mu, mu_dtype)
     # Rounding to mu's own dtype every step keeps the state's dtype fixed from init on, so a jitted
@@ -167,19 +154,6 @@ def scale_by_lion(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _peak_learning_rate(learning_rate: Any, max_lr: Any) -> Any:
-    """``max_lr``, or a constant learning rate given as a number; schedules need ``max_lr``."""
-    if max_lr is not None:
-        return max_lr
-    if isinstance(learning_rate, numbers.Real):
-        return learning_rate
-    # Adapter-specific: optax schedules (and the arrays inject_hyperparams passes) hide their peak.
-    raise lion_core.incompatible(
-        "`max_lr` is required with `decouple_lr=True` when `learning_rate` is a schedule or an array, "
-        f"whose peak cannot be read at construction. Received: learning_rate={learning_rate!r}, max_lr=None"
-    )
-
-
 def _fully_decoupled(weight_decay: optax.ScalarOrSchedule, max_lr: Any) -> optax.ScalarOrSchedule:
     """``weight_decay / max_lr``: scaled by the learning rate downstream, the decay is wd * lr / max_lr."""
     if callable(weight_decay):
@@ -270,7 +244,7 @@ def lion(
     lion_core.check_decoupling(decouple_lr, max_lr, name="max_lr")
     decay = weight_decay
     if decouple_lr:
-        decay = _fully_decoupled(weight_decay, _peak_learning_rate(learning_rate, max_lr))
+        decay = _fully_decoupled(weight_decay, lion_core.resolve_max_lr(max_lr, learning_rate))
     return optax.chain(
         direction,
         optax.add_decayed_weights(decay, mask),

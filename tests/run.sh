@@ -24,5 +24,13 @@ run() {
     "$@"
 }
 
-# pytest exits 5 when it collects nothing; set -e turns that into a failure, as it should be.
+# One pytest process per suite: JAX's device count, Triton's interpreter and Keras' backend are fixed
+# when each is first imported. pytest exits 5 when it collects nothing, and set -e makes that fail.
 run python -m pytest --doctest-modules lion_core tests/core "$@"
+run python -m pytest --doctest-modules lion_torch tests/torch "$@"
+run python -m pytest --doctest-modules kernels tests/kernels "$@"
+run python -m pytest --doctest-modules lion_optax tests/optax "$@"
+for backend in jax torch tensorflow; do
+    run env KERAS_BACKEND="$backend" python -m pytest tests/keras "$@"
+done
+run python -m pytest tests/cli tests/docs "$@"

@@ -12,7 +12,7 @@ from keras import ops
 import lion_core
 from lion_core import defaults
 
-KERAS = defaults.KERAS
+_DEFAULTS = defaults.KERAS
 
 #: A value Keras evaluates each step: a number, a scalar tensor, or a callable with no arguments.
 Hyperparameter = Union[float, Any, Callable[[], Any]]
@@ -151,10 +151,10 @@ class Lion(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate: Hyperparameter = KERAS.lr,
-        beta_1: Hyperparameter = KERAS.beta1,
-        beta_2: Hyperparameter = KERAS.beta2,
-        weight_decay: float | None = KERAS.weight_decay,
+        learning_rate: Hyperparameter = _DEFAULTS.lr,
+        beta_1: Hyperparameter = _DEFAULTS.beta1,
+        beta_2: Hyperparameter = _DEFAULTS.beta2,
+        weight_decay: float | None = _DEFAULTS.weight_decay,
         clipnorm: float | None = None,
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,

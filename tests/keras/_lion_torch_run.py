@@ -1,10 +1,11 @@
 """Runs ``lion_torch.Lion`` on given parameters and gradients, in this process or in a fresh one.
 
-The Keras tests compare ``lion_keras.Lion`` with ``lion_torch.Lion`` on every Keras backend. On the
-TensorFlow backend that cannot happen in one process: TensorFlow and Triton (which ``torch.optim``
-imports through ``torch._dynamo``) each carry LLVM, and loading the second aborts the process with
-"LLVM ERROR: inconsistency in registered CommandLine options". There, ``run`` starts
-``python -m tests.keras._lion_torch_run`` with the inputs in an ``.npz`` file.
+The Keras tests compare ``lion_keras.Lion`` with ``lion_torch.Lion`` on every Keras backend. Once
+TensorFlow is loaded (always on its backend, and on others when Keras has imported it for a
+utility) that cannot happen in one process: TensorFlow and Triton (which ``torch.optim`` imports
+through ``torch._dynamo``) each carry LLVM, and loading Triton second aborts the process with
+"LLVM ERROR: inconsistency in registered CommandLine options" (loading it first works). Then ``run``
+starts ``python -m tests.keras._lion_torch_run`` with the inputs in an ``.npz`` file.
 """
 
 from __future__ import annotations

@@ -287,10 +287,11 @@ def test_bench_runs_the_scripts_and_writes_table_and_plot(
     folder.mkdir()
     (folder / "bench_torch_cpu.py").write_text(FAKE_BENCH)
     out = tmp_path / "out"
-    assert cli.main(["bench", "--only", "torch-cpu", "--benchmarks", str(folder), "--out", str(out),
-                     "--", "--quick"]) == 0
+    assert cli.main(["bench", "--only", "torch-cpu", "--quick", "--benchmarks", str(folder), "--out", str(out),
+                     "--", "--cases", "a"]) == 0
     captured = capsys.readouterr()
-    assert "['--quick']" in captured.err  # the script's own output, with the arguments after --
+    # The script's own output: its smoke-run argument, then the arguments after --.
+    assert "['--quick', '--cases', 'a']" in captured.err
     tables = cli.parse_markdown_tables(captured.out)
     assert tables[0][0] == ["case", "implementation", "ms/step", "GB/s"]
     assert [row[2] for row in tables[0][1]] == ["17.50", "36.00", "1.20", "9.90"]

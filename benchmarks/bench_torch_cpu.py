@@ -30,6 +30,7 @@ import argparse
 import datetime
 import gc
 import importlib.metadata
+import os
 import platform
 import statistics
 import sys
@@ -202,6 +203,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _versions() -> str:
     names = ["torch", "lion-pytorch", "torch-optimi", "pytorch_optimizer"]
     found = []
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {_cpu_model()}, "
           f"{torch.get_num_threads()} torch threads, python {platform.python_version()}")
     print(f"# {_versions()}; cpu_lion kernel available: {cpu_lion.available()}")
+    print(f"# load average before: {_load()} (other processes on the machine slow every row)")
     rows = []
     for case in args.cases.split(","):
         total, count = CASES[case]
@@ -248,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for line in _verdict(rows):
         print(line)
+    print(f"load average after: {_load()}")
 
 
 if __name__ == "__main__":

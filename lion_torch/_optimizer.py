@@ -120,7 +120,8 @@ class Lion(Optimizer):
       momentum_dtype: the dtype of ``exp_avg``, a floating ``torch.dtype``, or None for the
         parameter's dtype, except float32 for bfloat16 and float16 parameters (default: None).
         Kept across ``load_state_dict``.
-      foreach: use ``torch._foreach_*`` ops; None chooses (default: None).
+      foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
+        wherever the fused kernel is not the default (default: None).
       fused: use a fused kernel, ``kernels.triton_lion`` on CUDA or ``kernels.cpu_lion`` on CPU;
         None chooses: fused on CUDA when Triton is available, foreach otherwise (default: None).
         ``fused=True`` raises at construction when the kernel for the parameters' device cannot
@@ -168,7 +169,7 @@ class Lion(Optimizer):
         *,
         cautious: bool = False,
         decouple_lr: bool = False,
-        max_lr: float | None = None,
+        max_lr: float | Tensor | None = None,
         maximize: bool = False,
         momentum_dtype: torch.dtype | None = None,
         foreach: bool | None = None,

@@ -315,12 +315,12 @@ def run_demo(backends: Sequence[str], *, epochs: int, seed: int, progress: bool 
 
 @contextlib.contextmanager
 def _one_torch_thread(name: str) -> Iterator[None]:
-    """Runs the PyTorch demo on one intra-op thread, then restores the setting.
+    """Runs the PyTorch demo (and Keras on PyTorch) on one intra-op thread, then restores the setting.
 
     The demo's matrices (32 x 128) are too small to gain from threads, and with two threads on a
     busy two-core machine the OpenMP barriers made a run 30x slower (32 s instead of 1 s, measured).
     """
-    if name != "torch":
+    if name != "torch" and backend_label(name) != "keras (torch)":
         yield
         return
     import torch

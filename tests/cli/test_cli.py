@@ -106,6 +106,29 @@ def test_backends_train_the_same_recipe_to_the_same_losses() -> None:
         assert losses["jax"] == pytest.approx(losses["torch"], rel=1e-3), (optimizer, losses)
 
 
+def test_keras_demo_trains_on_another_backend_in_a_subprocess() -> None:
+    # Keras fixes its backend at import: asking for another one runs the recipe in a child process,
+    # whose per-epoch losses still reach on_epoch.
+    code = textwrap.dedent("""
+        import json, os
+        os.environ["KERAS_BACKEND"] = "torch"
+        import keras
+        import lion_keras.demo as demo
+        children, child = [], demo._train_in_subprocess
+        demo._train_in_subprocess = lambda *a, **k: children.append(k["backend"]) or child(*a, **k)
+        seen = []
+        history = demo.run_recipe("lion", epochs=1, backend="jax", on_epoch=lambda e, loss: seen.append((e, loss)))
+        print(json.dumps({"imported": keras.backend.backend(), "children": children, "seen": seen,
+                          "losses": history.losses}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=_environment(), cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["imported"] == "torch" and report["children"] == ["jax"]
+    assert report["seen"] == [[0, report["losses"][0]]] and 0 < report["losses"][0] < np.log(10)
+
+
 # ------------------------------------------------------------------------------------------------
 # The demo recipe
 # ------------------------------------------------------------------------------------------------

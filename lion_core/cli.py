@@ -726,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS,
                       help=f"epochs per run (default: {DEMO_EPOCHS})")
     demo.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
-    demo.add_argument("--out", default=".", help="folder for lion-demo.png and lion-demo.md (default: .)")
+    demo.add_argument("--out", default="lion-demo",
+                      help="folder for lion-demo.png and lion-demo.md, created if needed (default: lion-demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
 
@@ -741,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true",
                        help="a short smoke run of each script (smaller or fewer steps); figures are rough")
     bench.add_argument("--benchmarks", metavar="DIR", help="the benchmarks/ folder (default: the source checkout's)")
-    bench.add_argument("--out", default=".", help="folder for lion-bench.md and lion-bench.png (default: .)")
+    bench.add_argument("--out", default="lion-bench",
+                       help="folder for lion-bench.md and lion-bench.png, created if needed (default: lion-bench)")
     bench.add_argument("script_args", nargs=argparse.REMAINDER,
                        help="after --, arguments passed to every benchmark script")
     bench.set_defaults(run=_bench)

@@ -179,6 +179,13 @@ def test_bad_epochs_is_a_usage_error(epochs: str, capsys: pytest.CaptureFixture[
     assert f"argument --epochs: expected a positive integer, got '{epochs}'" in capsys.readouterr().err
 
 
+def test_defaults() -> None:
+    demo = cli.build_parser().parse_args(["demo"])
+    assert (demo.backend, demo.epochs, demo.seed, demo.out) == ("all", cli.DEMO_EPOCHS, 0, "lion-demo")
+    bench = cli.build_parser().parse_args(["bench"])
+    assert (bench.only, bench.quick, bench.out, bench.script_args) == (None, False, "lion-bench", [])
+
+
 def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main([])

@@ -604,9 +604,9 @@ def _bench_panels(result: BenchResult) -> list[tuple[str, str, list[str], list[f
 
 
 def _bar_colour(label: str) -> str:
-    """Orange for lionkit's rows, grey for references (rooflines), blue for the peers."""
+    """Orange for lionkit's rows, grey for references (rooflines, prototypes), blue for the peers."""
     lower = label.lower()
-    if "roofline" in lower:
+    if "roofline" in lower or "prototype" in lower:
         return "0.6"
     if "lionkit" in lower or "lion_optax" in lower or "lion_torch" in lower or "lion_keras" in lower or "ours" in lower:
         return "C1"
@@ -631,8 +631,13 @@ def plot_bench(results: Sequence[BenchResult], path: Path) -> int:
         axes.set_yticks(positions, labels, fontsize="small")
         axes.invert_yaxis()
         if max(values) > 20 * min(values):  # one slow row would squash every other bar
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
             axes.set_xscale("log")
             axes.set_xlim(0.7 * min(values), 2.0 * max(values))
+            axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axes.xaxis.set_major_formatter(ScalarFormatter())
+            axes.xaxis.set_minor_formatter(NullFormatter())
             unit += ", log scale"
         else:
             axes.set_xlim(0, 1.15 * max(values))
@@ -642,7 +647,7 @@ def plot_bench(results: Sequence[BenchResult], path: Path) -> int:
             axes.annotate(f"{v:.3g}", (v, y), xytext=(3, 0), textcoords="offset points", va="center",
                           fontsize="x-small")
         axes.grid(True, axis="x", alpha=0.3)
-    figure.suptitle("lion bench: lionkit (orange), peers (blue), roofline (grey)", fontsize="medium")
+    figure.suptitle("lion bench: lionkit (orange), peers (blue), references (grey)", fontsize="medium")
     figure.savefig(path)
     return len(panels)
 

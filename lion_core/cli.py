@@ -552,8 +552,16 @@ def run_benchmark(benchmark: Benchmark, folder: Path, extra_args: Sequence[str])
     for line in process.stdout:
         lines.append(line)
         print(line, end="", file=sys.stderr, flush=True)
+    peak = None
+    if hasattr(os, "wait4"):
+        # Reaping the child ourselves gives its resource usage: the peak resident memory of the run.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
     if process.wait() != 0:
         raise CommandError(f"{benchmark.script} failed with exit status {process.returncode}")
+    if peak is not None:
+        lines.append(f"# peak memory (resident) of the whole script process: {peak / 2**20:,.0f} MiB\n")
     output = "".join(lines)
     return BenchResult(benchmark.name, output, parse_markdown_tables(output))
 

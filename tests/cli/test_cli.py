@@ -325,7 +325,10 @@ def test_bench_runs_the_scripts_and_writes_table_and_plot(
     tables = cli.parse_markdown_tables(captured.out)
     assert tables[0][0] == ["case", "implementation", "ms/step", "GB/s"]
     assert [row[2] for row in tables[0][1]] == ["17.50", "36.00", "1.20", "9.90"]
-    assert "## torch-cpu" in (out / "lion-bench.md").read_text()
+    report = (out / "lion-bench.md").read_text()
+    assert "## torch-cpu" in report
+    if hasattr(os, "wait4"):
+        assert re.search(r"# peak memory \(resident\) of the whole script process: [\d,]+ MiB", report)
     assert_valid_png(out / "lion-bench.png")
 
 

@@ -31,9 +31,11 @@ __all__ = ["lion"]
 
 Scalar = Union[float, Tensor]
 
-#: Device types whose fused kernel is the default path when it is available. The CPU kernel joins
-#: this set if benchmarks show it should be the CPU default; nothing else changes.
-FUSED_BY_DEFAULT: frozenset[str] = frozenset({"cuda"})
+#: Device types whose fused kernel is the default path when it is available. On the CPU the one-pass
+#: C kernel beats every peer on large and on many small tensors (docs/benchmarks-cpu.md), where the
+#: foreach path loses to lion-pytorch's on 400 small tensors; without a C compiler it is unavailable
+#: and the default falls back to foreach.
+FUSED_BY_DEFAULT: frozenset[str] = frozenset({"cuda", "cpu"})
 
 #: The kernel module for each device type that has one. Imported lazily, on the fused path only.
 KERNEL_MODULES: dict[str, str] = {"cpu": "kernels.cpu_lion", "cuda": "kernels.triton_lion"}
@@ -379,8 +381,9 @@ def _choose(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) 
             f"Received: foreach={foreach}, fused={fused}"
         )
     if fused is None:
+        # An explicit foreach=True or foreach=False names the implementation: only None defers to us.
         fused = (
-            foreach is not True
+            foreach is None
             and not _compiling()
             and fused_is_default({p.device.type for p in params}, kernel_available)
         )

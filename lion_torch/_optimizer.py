@@ -121,9 +121,12 @@ class Lion(Optimizer):
         parameter's dtype, except float32 for bfloat16 and float16 parameters (default: None).
         Kept across ``load_state_dict``.
       foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
-        wherever the fused kernel is not the default (default: None).
+        wherever the fused kernel is not the default (default: None). ``foreach=False`` alone
+        selects the single-tensor path.
       fused: use a fused kernel, ``kernels.triton_lion`` on CUDA or ``kernels.cpu_lion`` on CPU;
-        None chooses: fused on CUDA when Triton is available, foreach otherwise (default: None).
+        None (with ``foreach=None``) chooses: the fused kernel when it can run (Triton installed
+        on CUDA; a C compiler on the CPU) and the step is not being compiled by ``torch.compile``,
+        foreach otherwise (default: None).
         ``fused=True`` raises at construction when the kernel for the parameters' device cannot
         run, with the remedy.
 

@@ -93,8 +93,8 @@ def _step(**flags):
 @pytest.mark.parametrize(
     ("flags", "path"),
     [
-        ({}, "_foreach_lion"),  # the CPU default, for now
-        ({"foreach": None, "fused": None}, "_foreach_lion"),
+        ({}, "_fused_lion"),  # the CPU default when the kernel is available
+        ({"foreach": None, "fused": None}, "_fused_lion"),
         ({"foreach": True}, "_foreach_lion"),
         ({"fused": False}, "_foreach_lion"),
         ({"foreach": False}, "_single_tensor_lion"),
@@ -119,14 +119,15 @@ def test_fused_and_foreach_together_are_refused_by_the_functional_too():
 def test_default_predicate():
     available = {"cuda": True, "cpu": True}.get
     assert functional.fused_is_default({"cuda"}, available)
-    assert not functional.fused_is_default({"cpu"}, available)  # CPU: foreach until benchmarks say otherwise
-    assert not functional.fused_is_default({"cuda", "cpu"}, available)
+    assert functional.fused_is_default({"cpu"}, available)
+    assert functional.fused_is_default({"cuda", "cpu"}, available)
+    assert not functional.fused_is_default({"cuda", "cpu"}, {"cuda": True, "cpu": False}.get)
+    assert not functional.fused_is_default({"meta"}, lambda device: True)
     assert not functional.fused_is_default({"cuda"}, lambda device: False)
     assert not functional.fused_is_default(set(), available)
 
 
-def test_cpu_fused_default_is_one_constant(monkeypatch, spies, fake_cpu):
-    monkeypatch.setattr(functional, "FUSED_BY_DEFAULT", frozenset({"cuda", "cpu"}))
+def test_cpu_default_falls_back_to_foreach_without_a_kernel(spies, fake_cpu):
     _step()
     assert spies == ["_fused_lion"]
     fake_cpu.runs = False

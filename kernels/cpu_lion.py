@@ -255,6 +255,24 @@ def supports(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> 
         return False
 
 
+def supports_all(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor]
+) -> bool:
+    """Returns whether ``supports`` holds for every parameter, in one bulk check.
+
+    With hundreds of small tensors, a Python call of ``supports`` per parameter would cost more than
+    the update itself; callers try this first and check parameters one by one only when it fails.
+    """
+    try:
+        shapes = list(map(_shape, params))
+        if list(map(_shape, grads)) != shapes or list(map(_shape, exp_avgs)) != shapes:
+            return False
+        everything = (*params, *grads, *exp_avgs)
+        return set(map(_layout, everything)) <= _STRIDED_ONLY and _kinds(params, grads, exp_avgs, everything)[1]
+    except (AttributeError, RuntimeError):  # not tensors; nested tensors have no shape
+        return False
+
+
 def _unsupported(index: int, param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> RuntimeError:
     def describe(t: torch.Tensor) -> str:
         try:
@@ -277,6 +295,32 @@ _is_contiguous = torch.Tensor.is_contiguous
 _is_neg = torch.Tensor.is_neg
 _dtype = operator.attrgetter("dtype")
 _is_cpu = operator.attrgetter("is_cpu")
+_shape = operator.attrgetter("shape")
+_layout = operator.attrgetter("layout")
+_STRIDED_ONLY = frozenset({torch.strided})
+
+
+def _kinds(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    everything: tuple[torch.Tensor, ...],
+) -> tuple[list[int | None], bool]:
+    """The kernel kind of each parameter, and whether every tensor is a plain CPU tensor that the
+    kernel may stream through: contiguous and without a lazy negation.
+
+    The checks cost one C-level ``map`` per attribute over all tensors rather than a Python loop per
+    tensor: with hundreds of small tensors they are most of the launcher's cost. May raise
+    RuntimeError for layouts without strides (sparse CSR).
+    """
+    kinds = list(map(_KINDS.get, zip(map(_dtype, params), map(_dtype, grads), map(_dtype, exp_avgs))))
+    ok = (
+        None not in kinds
+        and all(map(_is_cpu, everything))
+        and all(map(_is_contiguous, everything))
+        and not any(map(_is_neg, everything))
+    )
+    return kinds, ok
 
 
 def _tables(
@@ -285,46 +329,40 @@ def _tables(
     """Checks every tensor and returns, per kernel kind, ``(kind, count, table)``.
 
     A table holds the data pointers of the parameters, gradients and momenta, then the n + 1 prefix
-    offsets of their sizes. The checks run a C-level ``map`` per attribute and list rather than a
-    Python loop per tensor: with hundreds of small tensors they are most of the launcher's cost.
+    offsets of their sizes. Sizes are compared as element counts: that is what memory safety needs
+    (``supports`` also asks for equal shapes, which autograd guarantees for gradients).
     """
     lists = (params, grads, exp_avgs)
     try:
         numels = list(map(_numel, params))
-        ok = (
-            list(map(_numel, grads)) == numels
-            and list(map(_numel, exp_avgs)) == numels
-            and all(all(map(_is_cpu, tensors)) for tensors in lists)
-            and all(all(map(_is_contiguous, tensors)) for tensors in lists)
-            and not any(any(map(_is_neg, tensors)) for tensors in lists)
-        )
-        kinds = list(map(_KINDS.get, zip(*(map(_dtype, tensors) for tensors in lists))))
-        # Sparse and MKL-DNN tensors have no data pointer (and sparse CSR no contiguity).
-        pointers = [list(map(_data_ptr, tensors)) for tensors in lists] if ok else []
+        everything = (*params, *grads, *exp_avgs)
+        kinds, ok = _kinds(params, grads, exp_avgs, everything)
+        ok = ok and list(map(_numel, grads)) == numels and list(map(_numel, exp_avgs)) == numels
+        # Sparse and MKL-DNN tensors have no data pointer.
+        pointers = list(map(_data_ptr, everything)) if ok else []
     except RuntimeError:
-        ok, kinds = False, []
-    if not ok or None in kinds:
+        ok = False
+    if not ok:
         for index, triple in enumerate(zip(*lists)):
             if not supports(*triple):
                 raise _unsupported(index, *triple)
         raise _unsupported(0, params[0], grads[0], exp_avgs[0])  # unreachable: supports() is stricter
+    count = len(numels)
     if len(set(kinds)) == 1:
-        table = array("q", pointers[0])
-        table.extend(pointers[1])
-        table.extend(pointers[2])
+        table = array("q", pointers)
         table.append(0)
         table.extend(itertools.accumulate(numels))
-        return [(kinds[0], len(numels), table)]
+        return [(kinds[0], count, table)]  # type: ignore[list-item]
     tables = []
-    for kind in sorted(set(kinds)):
+    for kind in sorted(set(kinds)):  # type: ignore[type-var]
         chosen = [i for i, k in enumerate(kinds) if k == kind]
-        table = array("q", [pointers[0][i] for i in chosen])
-        table.extend([pointers[1][i] for i in chosen])
-        table.extend([pointers[2][i] for i in chosen])
+        table = array("q", [pointers[i] for i in chosen])
+        table.extend([pointers[count + i] for i in chosen])
+        table.extend([pointers[2 * count + i] for i in chosen])
         table.append(0)
         table.extend(itertools.accumulate(numels[i] for i in chosen))
         tables.append((kind, len(chosen), table))
-    return tables
+    return tables  # type: ignore[return-value]
 
 
 def lion_(

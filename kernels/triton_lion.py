@@ -210,6 +210,13 @@ def supports(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> 
     return _unsupported(param, grad, exp_avg) is None
 
 
+def supports_all(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor]
+) -> bool:
+    """Returns whether :func:`supports` holds for every parameter (the launcher's bulk check)."""
+    return all(map(supports, params, grads, exp_avgs))
+
+
 class _Layout(NamedTuple):
     """The int64 table ``[numel (T), chunk -> tensor (C), chunk -> index in tensor (C)]``."""
 

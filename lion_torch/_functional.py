@@ -355,6 +355,15 @@ def _fused_lion(
         kernel.require()
         device_lr = lr.to(device) if isinstance(lr, Tensor) and lr.device != device else lr
         scale, inf = _on(grad_scale, device), _on(found_inf, device)
+        if len(by_device) == 1:
+            lists = (params, grads, exp_avgs)
+        else:
+            lists = tuple([tensors[i] for i in indices] for tensors in (params, grads, exp_avgs))
+        # The common case in one bulk check: with hundreds of small tensors, sorting them one by one
+        # below costs more than the kernel's whole pass over memory.
+        if not any(map(torch.is_complex, lists[0])) and kernel.supports_all(*lists):
+            kernel.lion_(*lists, lr=device_lr, grad_scale=scale, found_inf=inf, **hyper)
+            continue
         supported: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
         rest: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
         for i in indices:

@@ -397,3 +397,21 @@ def test_concurrent_first_builds_share_one_cached_library(tmp_path):
     libraries = [path for path in tmp_path.iterdir() if path.suffix in (".so", ".dll")]
     assert len(libraries) == 1, libraries
     assert not list(tmp_path.glob("*.tmp")), "temporary files left behind"
+
+
+def test_supports_all_agrees_with_supports_one_by_one():
+    good = [torch.zeros(3), torch.zeros(2, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.bfloat16)]
+    grads = [torch.zeros_like(t) for t in good]
+    moms = [torch.zeros(t.shape, dtype=torch.float32 if t.dtype == torch.bfloat16 else t.dtype) for t in good]
+    assert cpu_lion.supports_all(good, grads, moms)
+    assert all(map(cpu_lion.supports, good, grads, moms))
+    bad_cases = [
+        (torch.zeros(4, 2).t(), torch.zeros(2, 4), torch.zeros(2, 4)),  # non-contiguous param
+        (torch.zeros(3, dtype=torch.float16),) * 3,  # float16
+        (torch.zeros(3), torch.zeros(3), torch.zeros(3, dtype=torch.float64)),  # mixed kinds
+        (torch.zeros(2, 3), torch.zeros(6), torch.zeros(2, 3)),  # shapes differ
+        (torch.zeros(3), torch.zeros(3).to_sparse(), torch.zeros(3)),  # sparse gradient
+    ]
+    for case in bad_cases:
+        assert not cpu_lion.supports(*case)
+        assert not cpu_lion.supports_all([good[0], case[0]], [grads[0], case[1]], [moms[0], case[2]])

@@ -1,7 +1,7 @@
 """Which implementation runs: the tri-state flags, the default predicate, and the fused routing.
 
 The fused path is tested here against a fake kernel module that honours the kernels' contract
-(``available``, ``require``, ``supports``, ``lion_``), so the routing is checked whatever the real
+(``available``, ``require``, ``supports``, ``supports_all``, ``lion_``), so the routing is checked whatever the real
 kernels can do on this machine; the real kernels join the path tables of the other test files.
 """
 
@@ -44,6 +44,9 @@ class FakeKernel(types.ModuleType):
     def supports(self, param, grad, exp_avg) -> bool:
         assert not any(t.is_complex() for t in (param, grad, exp_avg)), "the caller passes real views"
         return all(t.is_contiguous() for t in (param, grad, exp_avg))
+
+    def supports_all(self, params, grads, exp_avgs) -> bool:
+        return all(map(self.supports, params, grads, exp_avgs))
 
     def lion_(self, params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, max_lr, cautious, maximize,
               grad_scale=None, found_inf=None):

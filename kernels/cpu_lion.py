@@ -313,7 +313,11 @@ def _kinds(
     tensor: with hundreds of small tensors they are most of the launcher's cost. May raise
     RuntimeError for layouts without strides (sparse CSR).
     """
-    kinds = list(map(_KINDS.get, zip(map(_dtype, params), map(_dtype, grads), map(_dtype, exp_avgs))))
+    dtypes = tuple(set(map(_dtype, tensors)) for tensors in (params, grads, exp_avgs))
+    if all(len(found) == 1 for found in dtypes):  # the usual case: one kind for the whole group
+        kinds = [_KINDS.get(tuple(found.pop() for found in dtypes))] * len(params)
+    else:
+        kinds = list(map(_KINDS.get, zip(map(_dtype, params), map(_dtype, grads), map(_dtype, exp_avgs))))
     ok = (
         None not in kinds
         and all(map(_is_cpu, everything))

@@ -410,7 +410,10 @@ def lion_(
 
     Raises:
       ImportError: the kernel is unavailable (see ``require``).
-      RuntimeError: a tensor that ``supports`` rejects, or lists of different lengths.
+      RuntimeError: a tensor that the kernel cannot take (wrong dtype, device, size or layout), or
+        lists of different lengths. Every tensor is checked before the kernel runs, so nothing has
+        been modified when this is raised: a caller may call ``lion_`` directly and sort the
+        parameters with ``supports`` only when it raises, which saves a second bulk check.
 
     Example:
       >>> import torch

@@ -320,8 +320,10 @@ def test_supports():
 def test_unsupported_tensors_and_mismatched_lists_raise():
     p = torch.zeros(4, 3)
     hyper = dict(lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0, max_lr=None, cautious=False, maximize=False)
+    first = torch.ones(5)
     with pytest.raises(RuntimeError, match=r"cannot update `params\[1\]`.*route it to the foreach path"):
-        cpu_lion.lion_([p, p.t()], [p, p.t()], [p, p.t()], **hyper)
+        cpu_lion.lion_([first, p.t()], [torch.ones(5), p.t()], [torch.zeros(5), p.t()], **hyper)
+    assert_exact(first, np.ones(5), what="a supported parameter of a call that raised")  # checked first
     with pytest.raises(RuntimeError, match=r"cannot update `params\[0\]`.*torch.float16"):
         cpu_lion.lion_([p.half()], [p.half()], [p], **hyper)
     with pytest.raises(RuntimeError, match=r"cannot update `params\[0\]`"):

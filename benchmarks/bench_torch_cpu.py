@@ -16,7 +16,8 @@ says how much of the step is not memory traffic. It is timed in the same rounds 
 Every optimizer steps the same parameters and gradients (weight decay on, so every peer does its
 decay work); its state is created in the warm-up steps. The implementations take turns, one step
 each per round, so load from other processes spreads over all rows. Reported: the median (and the
-minimum) of ``--repeats`` timed steps after ``--warmup`` untimed ones, GB/s at 20 bytes per parameter, the ratio to the roofline and
+minimum) of ``--repeats`` timed steps after ``--warmup`` untimed ones, GB/s at 20 bytes per
+parameter, the ratio to the roofline and
 the speedup over the fastest peer.
 
 Usage:
@@ -70,15 +71,23 @@ def _peer_factories() -> dict[str, Callable[[list[torch.nn.Parameter]], torch.op
     try:
         import optimi
 
-        factories["torch-optimi Lion (for-loop)"] = lambda ps: optimi.Lion(ps, **hyper, foreach=False, triton=False)
-        factories["torch-optimi Lion (foreach)"] = lambda ps: optimi.Lion(ps, **hyper, foreach=True, triton=False)
+        factories["torch-optimi Lion (for-loop)"] = lambda ps: optimi.Lion(
+            ps, **hyper, foreach=False, triton=False
+        )
+        factories["torch-optimi Lion (foreach)"] = lambda ps: optimi.Lion(
+            ps, **hyper, foreach=True, triton=False
+        )
     except ImportError:
         pass
     try:
         import pytorch_optimizer
 
-        factories["pytorch_optimizer Lion (per-param)"] = lambda ps: pytorch_optimizer.Lion(ps, **hyper, foreach=False)
-        factories["pytorch_optimizer Lion (foreach)"] = lambda ps: pytorch_optimizer.Lion(ps, **hyper, foreach=True)
+        factories["pytorch_optimizer Lion (per-param)"] = lambda ps: pytorch_optimizer.Lion(
+            ps, **hyper, foreach=False
+        )
+        factories["pytorch_optimizer Lion (foreach)"] = lambda ps: pytorch_optimizer.Lion(
+            ps, **hyper, foreach=True
+        )
     except ImportError:
         pass
     return factories
@@ -162,7 +171,8 @@ def _run_case(name: str, total: int, count: int, args: argparse.Namespace) -> li
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| case | implementation | ms/step (median) | min ms | GB/s (20 B/param) | x roofline | speedup vs best peer |",
+        "| case | implementation | ms/step (median) | min ms | GB/s (20 B/param) | x roofline "
+        "| speedup vs best peer |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -184,7 +194,8 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
         best_peer = min(peers, key=lambda row: row["ms"])
         lines.append(
             f"{case}: fastest ours {best['name']} {best['ms']:.2f} ms = {best['roofline']:.2f}x roofline, "
-            f"{best['speedup']:.2f}x faster than the best peer ({best_peer['name']}, {best_peer['ms']:.2f} ms)"
+            f"{best['speedup']:.2f}x faster than the best peer "
+            f"({best_peer['name']}, {best_peer['ms']:.2f} ms)"
         )
         default = [row for row in ours if row["name"] == "lionkit Lion() default"]
         if default:
@@ -224,10 +235,13 @@ def _versions() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: a tenth of the parameters, 1 warm-up and 3 timed steps"
+        "--quick", action="store_true",
+        help="smoke run: a tenth of the parameters, 1 warm-up and 3 timed steps",
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed steps; the median is reported (default 15)")
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="timed steps; the median is reported (default 15)"
+    )
     parser.add_argument("--cases", default="a,b", help="which of a (40M in 10) and b (2M in 400) to run")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)

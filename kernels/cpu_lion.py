@@ -11,7 +11,8 @@ The update is ``lion_core``'s rule, in the same operation order:
 
     c &= \beta_1 m + (1 - \beta_1) g \\
     u &= \operatorname{sign}(c) \quad (\text{NaN where } c \text{ is NaN or } \pm\infty) \\
-    p &\leftarrow p \, d - \eta \, u, \qquad d = \texttt{lion\_core.decay\_factor}(\eta, \lambda, \eta_\text{max}) \\
+    p &\leftarrow p \, d - \eta \, u
+       \qquad (d = 1 - \eta \lambda \text{ or } 1 - \lambda \eta / \eta_\text{max}) \\
     m &\leftarrow \beta_2 m + (1 - \beta_2) g
 
 so float32 and float64 results equal ``lion_core.reference.reference_lion(..., dtype=...)`` bit for
@@ -25,7 +26,7 @@ compiler, its flags and the CPU, and loaded with :mod:`ctypes`. The first build 
 later processes load the cached library.
 
 The module shares its interface with the Triton kernel (``kernels.triton_lion``): ``available``,
-``require``, ``supports`` and ``lion_``.
+``require``, ``supports``, ``supports_all`` and ``lion_``.
 
 Example:
   >>> import torch
@@ -64,10 +65,10 @@ import torch
 
 import lion_core
 
-__all__ = ["available", "lion_", "require", "supports"]
+__all__ = ["available", "lion_", "require", "supports", "supports_all"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_lion.c"
-#: Must equal LIONKIT_CPU_ABI in the C source; a stale cached library with another ABI is rebuilt.
+#: Must equal LIONKIT_CPU_ABI in the C source; checked after loading, as a guard on the cache.
 _ABI = 1
 #: ``-ffp-contract=off``: a fused multiply-add rounds once where the reference rounds twice.
 #: No ``-ffast-math``: it would reassociate the arithmetic and drop NaN comparisons.
@@ -124,14 +125,17 @@ def _compiler() -> list[str]:
 
 def _cpu_signature() -> str:
     """What ``-march=native`` depends on: a library built for one CPU may crash on another."""
+    found = [platform.machine(), platform.processor()]
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
-                if line.startswith(("flags", "Features", "model name")):
-                    return line
+                if not line.strip():
+                    break  # the first processor's block is enough
+                if line.startswith(("flags", "Features", "model name", "vendor_id", "CPU part")):
+                    found.append(line.strip())
     except OSError:
         pass
-    return f"{platform.machine()} {platform.processor()}"
+    return "\n".join(found)
 
 
 def _compile(command: list[str], target: Path) -> None:
@@ -152,7 +156,8 @@ def _compile(command: list[str], target: Path) -> None:
             if result.returncode == 0:
                 os.replace(temporary, target)
                 return
-            errors.append(f"$ {shlex.join([*command, *flags, '-o', temporary, str(_SOURCE)])}\n{result.stderr}")
+            shown = shlex.join([*command, *flags, "-o", temporary, str(_SOURCE)])
+            errors.append(f"$ {shown}\n{result.stderr}")
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
@@ -268,7 +273,9 @@ def supports_all(
         if list(map(_shape, grads)) != shapes or list(map(_shape, exp_avgs)) != shapes:
             return False
         everything = (*params, *grads, *exp_avgs)
-        return set(map(_layout, everything)) <= _STRIDED_ONLY and _kinds(params, grads, exp_avgs, everything)[1]
+        if not set(map(_layout, everything)) <= _STRIDED_ONLY:
+            return False
+        return _kinds(params, grads, exp_avgs, everything)[1]
     except (AttributeError, RuntimeError):  # not tensors; nested tensors have no shape
         return False
 
@@ -463,7 +470,9 @@ def lion_(
     tables = _tables(params, grads, exp_avgs)
     threads = torch.get_num_threads()
     for kind, count, table in tables:
-        status = function(kind, count, table.buffer_info()[0], scalars.buffer_info()[0], flags, _CHUNK, threads)
+        status = function(
+            kind, count, table.buffer_info()[0], scalars.buffer_info()[0], flags, _CHUNK, threads
+        )
         if status != 0:
             raise MemoryError(f"the fused CPU Lion kernel failed with status {status}")
     # The kernel writes through raw pointers; bump the version counters as an in-place torch op

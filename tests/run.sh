@@ -29,6 +29,7 @@ run() {
 run python -m pytest --doctest-modules lion_core tests/core "$@"
 run python -m pytest --doctest-modules lion_torch tests/torch "$@"
 run python -m pytest --doctest-modules kernels tests/kernels "$@"
+run python -m pytest tests/distributed "$@"
 run python -m pytest --doctest-modules lion_optax tests/optax "$@"
 for backend in jax torch tensorflow; do
     run env KERAS_BACKEND="$backend" python -m pytest tests/keras "$@"

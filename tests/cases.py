@@ -62,13 +62,14 @@ from lion_core.reference import ReferenceResult, reference_lion, reference_step
 
 # --- the table ----------------------------------------------------------------------------------
 
-#: Learning-rate schedules as multipliers of ``Case.lr`` by step index (0 for the first step), so a
-#: schedule is a property of the case and not of one host's schedule objects. Hosts' own schedule
+#: Learning-rate schedules as multipliers of ``Case.lr`` per step index (0 for the first step), cycled,
+#: so a schedule is a property of the case and not of one host's schedule objects: each translator
+#: builds it natively (a group's lr in torch, a callable in Optax and Keras). Hosts' own schedule
 #: objects (``optax.warmup_cosine_decay_schedule``, Keras' ``ExponentialDecay``) are tested in the
 #: host-parity tests of each adapter.
-SCHEDULES: dict[str, Callable[[int], float]] = {
+SCHEDULES: dict[str, tuple[float, ...]] = {
     # a warm-up over two steps, a peak, then a decay, with one step at lr = 0
-    "warmup_decay": lambda step: (0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.5, 0.125)[step % 8],
+    "warmup_decay": (0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.5, 0.125),
 }
 
 _ROUNDINGS = ("nearest", "stochastic")
@@ -86,7 +87,8 @@ class Case:
         constant ``lr`` when ``max_lr`` is None (the adapters' rule).
       max_lr: the peak learning rate for decoupled weight decay (implies ``decouple_lr``).
       cautious, maximize: the variants of ``lion_core.lion_step``.
-      schedule: a name in :data:`SCHEDULES`; the learning rate at step t is ``lr * SCHEDULES[name](t)``.
+      schedule: a name in :data:`SCHEDULES`; the learning rate at step t is
+        ``lr * SCHEDULES[name][t % len(SCHEDULES[name])]``.
       param_dtype, grad_dtype: storage dtypes (NumPy names; ``grad_dtype`` None means the parameter's).
       rounding: how low-precision state is stored ("nearest" today; "stochastic" is the next variant).
       world_size: how many ranks share the update (1 today; the distributed variant adds a row with 2).
@@ -131,7 +133,10 @@ class Case:
 
     def lr_at(self, step: int) -> float:
         """The learning rate at ``step`` (0 for the first step)."""
-        return self.lr if self.schedule is None else self.lr * SCHEDULES[self.schedule](step)
+        if self.schedule is None:
+            return self.lr
+        multipliers = SCHEDULES[self.schedule]
+        return self.lr * multipliers[step % len(multipliers)]
 
     @property
     def peak_lr(self) -> float:

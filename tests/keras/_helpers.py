@@ -1,6 +1,7 @@
-"""Shared pieces of the Keras tests: running an optimizer on given gradients, and its tolerances.
+"""The Keras translator of the case table (``tests.cases``), and running an optimizer on given gradients.
 
 The backend is whatever ``KERAS_BACKEND`` named when Keras was first imported; every test runs on it.
+Tolerances and comparisons are ``tests.cases``'.
 """
 
 from __future__ import annotations
@@ -13,35 +14,60 @@ import numpy as np
 from keras import ops
 
 from lion_core.reference import reference_step
-from tests.support import margin_gradient, to_numpy
+from tests import cases
+from tests.cases import EPS32, margin_gradient, momentum_atol, to_numpy
 
 BACKEND = keras.backend.backend()
-EPS32 = 2.0**-24  # half a float32 ulp, relative: the largest error of one correctly rounded operation
 
 
 def f32_atol(params: Sequence[np.ndarray], steps: int, lr: float) -> float:
-    """Float32 tolerance for parameters after ``steps`` steps, against the float64 reference.
-
-    Each step rounds at most three times where the parameter is involved (the decay product, the
-    decay subtraction, ``p - lr * u``), each time by at most half an ulp of a value no larger than
-    ``max|p0| + steps * lr``; four such errors per step bound it with room to spare. A sign that
-    differs from the reference moves an element by ``2 * lr``, far outside this bound.
-    """
-    scale = max(float(np.max(np.abs(p))) for p in params) + steps * lr
-    return 4 * steps * EPS32 * scale
+    """``cases.param_atol`` for Keras: three roundings per step (the decay product, the decay
+    subtraction, ``p - lr * u``), bounded by four."""
+    return cases.param_atol(params, steps, lr, roundings=4)
 
 
-def momentum_atol(grads: Sequence[Sequence[np.ndarray | None]], steps: int | None = None) -> float:
-    """Float32 tolerance for momenta against the float64 reference.
+#: Features of the table that Keras cannot express: Keras optimizers minimize (negate the loss).
+UNSUPPORTED = {"maximize": "Keras optimizers have no maximize flag: negate the loss"}
 
-    The momentum is a convex combination of the gradients, so no value along the way exceeds the
-    largest gradient; each step rounds three times (two products and a sum), by at most half an ulp
-    of such a value. The bound is absolute: where the gradients cancel, the momentum is small and
-    its relative error large.
-    """
-    steps = len(grads) if steps is None else steps
-    largest = max(float(np.max(np.abs(g))) for step in grads for g in step if g is not None and np.size(g))
-    return 4 * steps * EPS32 * largest
+
+class TableSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A case's learning-rate schedule as a Keras schedule: the value at each iteration, looked up."""
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = [float(v) for v in values]
+
+    def __call__(self, step: Any) -> Any:
+        table = ops.convert_to_tensor(self.values, "float32")
+        index = ops.minimum(ops.cast(step, "int32"), len(self.values) - 1)
+        return ops.take(table, index)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"values": self.values}
+
+
+def options(case: cases.Case, steps: int = cases.STEPS) -> dict[str, Any]:
+    """The case as ``lion_keras.Lion`` arguments (the momentum dtype always named)."""
+    unsupported = case.features & set(UNSUPPORTED)
+    if unsupported:
+        raise ValueError(f"case {case.id} needs {sorted(unsupported)}: {UNSUPPORTED}")
+    learning_rate = case.lr if case.schedule is None else TableSchedule([case.lr_at(t) for t in range(steps)])
+    return dict(
+        learning_rate=learning_rate,
+        beta_1=case.beta1,
+        beta_2=case.beta2,
+        weight_decay=case.weight_decay or None,
+        cautious=case.cautious,
+        decouple_lr=case.decouple_lr,
+        max_lr=case.max_lr,
+        momentum_dtype=case.momentum_dtype,
+    )
+
+
+def host_arrays(case: cases.Case, problem: cases.Problem) -> tuple[list[np.ndarray], list[list[Any]]]:
+    """The problem's parameters and gradients as NumPy arrays of the case's dtypes (float32 and up)."""
+    params = [np.asarray(x, case.param_dtype) for x in problem.init]
+    grads = [[None if g is None else np.asarray(g, case.gradient_dtype) for g in step] for step in problem.grads]
+    return params, grads
 
 
 def margin_grads(

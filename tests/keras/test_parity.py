@@ -1,6 +1,9 @@
 """``lion_keras.Lion`` against ``lion_core.reference``, ``keras.optimizers.Lion`` and ``lion_torch.Lion``.
 
-Runs on the backend named by ``KERAS_BACKEND``; the suite is run once per backend.
+Runs on the backend named by ``KERAS_BACKEND``; the suite is run once per backend. The reference
+tests run the table of ``tests.cases`` (in float32) through the translator in ``_helpers``; the rows
+Keras cannot express are left out with the reason given in ``_helpers.UNSUPPORTED``. Keras' own
+options (clipping, EMA, accumulation, loss scaling, its schedules) are tested on top of the table's rows.
 """
 
 from __future__ import annotations
@@ -16,89 +19,85 @@ from keras import ops
 
 import lion_keras
 from lion_core.reference import reference_lion, reference_step
+from tests import cases
+from tests.cases import assert_close, assert_exact
 from tests.keras._helpers import (
     BACKEND,
+    UNSUPPORTED,
     f32_atol,
+    host_arrays,
     margin_grads,
     momenta,
     momentum_atol,
+    options,
     random_params,
     run_apply,
     values,
 )
 from tests.keras._lion_torch_run import run as run_lion_torch
-from tests.support import assert_close, assert_exact
 
-SHAPES = [(7, 5), (5,), (1,), (3, 1, 4)]
-STEPS = 6
+SHAPES = cases.SHAPES
+STEPS = cases.STEPS
 LR = 0.01
+#: The table's rows in float32, with float32 momentum.
+TABLE = [case.at_dtypes("float32") for case in cases.select(cases.CASES, UNSUPPORTED)]
+#: Names for the variables, so that ``exclude_from_weight_decay(var_names=["bias"])`` has one to match.
+NAMES = ["kernel", "bias"] + [f"other_{i}" for i in range(2, len(SHAPES))]
 
 
 def _schedule():
     return keras.optimizers.schedules.ExponentialDecay(0.02, decay_steps=2, decay_rate=0.5)
 
 
-def _schedule_values(steps: int) -> list[float]:
-    schedule = _schedule()
-    return [float(ops.convert_to_numpy(schedule(step))) for step in range(steps)]
+def _resolve(kwargs: dict) -> dict:
+    """Calls the factories in a case (a schedule is built fresh for each optimizer)."""
+    out = dict(kwargs)
+    if callable(out.get("learning_rate")) and not isinstance(
+        out["learning_rate"], keras.optimizers.schedules.LearningRateSchedule
+    ):
+        out["learning_rate"] = out["learning_rate"]()
+    return out
 
 
 # --- against the float64 reference -------------------------------------------------------------
 
-#: name -> (lion_keras.Lion arguments, reference_lion arguments)
-REFERENCE_CASES = {
-    "defaults_lr": (dict(learning_rate=LR), dict(lr=LR)),
-    "weight_decay": (dict(learning_rate=LR, weight_decay=0.5), dict(lr=LR, weight_decay=0.5)),
-    "betas": (dict(learning_rate=LR, beta_1=0.5, beta_2=0.9), dict(lr=LR, beta1=0.5, beta2=0.9)),
-    "beta_1_zero": (dict(learning_rate=LR, beta_1=0.0, beta_2=0.0), dict(lr=LR, beta1=0.0, beta2=0.0)),
-    "cautious": (
-        dict(learning_rate=LR, weight_decay=0.5, cautious=True),
-        dict(lr=LR, weight_decay=0.5, cautious=True),
-    ),
-    "schedule": (
-        dict(learning_rate=_schedule, weight_decay=0.5),
-        dict(lr=_schedule_values, weight_decay=0.5),
-    ),
-    "decoupled_default_max_lr": (
-        dict(learning_rate=LR, weight_decay=0.5, decouple_lr=True),
-        dict(lr=LR, weight_decay=0.5, max_lr=LR),
-    ),
-    "decoupled_schedule": (
-        dict(learning_rate=_schedule, weight_decay=0.5, decouple_lr=True, max_lr=0.04),
-        dict(lr=_schedule_values, weight_decay=0.5, max_lr=0.04),
-    ),
-    "decoupled_cautious": (
-        dict(learning_rate=LR, weight_decay=2.0, decouple_lr=True, max_lr=0.05, cautious=True),
-        dict(lr=LR, weight_decay=2.0, max_lr=0.05, cautious=True),
-    ),
-}
 
-
-def _resolve(kwargs: dict, steps: int) -> dict:
-    """Calls the factories in a case (a schedule is built fresh for each optimizer)."""
-    out = dict(kwargs)
-    if callable(out.get("learning_rate")):
-        out["learning_rate"] = out["learning_rate"]()
-    if callable(out.get("lr")):
-        out["lr"] = out["lr"](steps)
-    return out
-
-
-@pytest.mark.parametrize("case", sorted(REFERENCE_CASES))
+# None gradients (one step of the table skips a variable) make Keras warn.
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+@pytest.mark.parametrize("case", TABLE, ids=cases.case_id)
 def test_matches_reference(case):
-    ours, ref = (_resolve(kw, STEPS) for kw in REFERENCE_CASES[case])
-    params = random_params(SHAPES)
-    beta1, beta2 = ref.get("beta1", 0.9), ref.get("beta2", 0.99)
-    grads = margin_grads(params, STEPS, beta1=beta1, beta2=beta2)
-    optimizer = lion_keras.Lion(**ours)
+    """Every row Keras can express, on float32 gradients with a sign margin, against float64."""
+    problem = cases.problem(case, margin=True)
+    params, grads = host_arrays(case, problem)
+    optimizer = lion_keras.Lion(**options(case))
     variables = run_apply(optimizer, params, grads)
-    expected = reference_lion(params, grads, **ref)
-    lr = max(np.max(ref["lr"]), LR)
-    atol = f32_atol(params, STEPS, lr)
+    expected = cases.reference_float64(case, problem)
+    atol = f32_atol(params, STEPS, max(case.peak_lr, LR))
     for i, (got, want) in enumerate(zip(values(variables), expected.params)):
-        assert_close(got, want, rtol=0, atol=atol, what=f"{case}: param {i}")
+        assert_close(got, want, rtol=0, atol=atol, what=f"{case.id}: param {i}")
+    for m in optimizer._momentums:
+        assert keras.backend.standardize_dtype(m.dtype) == case.momentum_dtype
     for i, (got, want) in enumerate(zip(momenta(optimizer), expected.momentum)):
-        assert_close(got, want, rtol=0, atol=momentum_atol(grads), what=f"{case}: momentum {i}")
+        assert_close(got, want, rtol=0, atol=momentum_atol(grads), what=f"{case.id}: momentum {i}")
+
+
+@pytest.mark.parametrize("row", ["schedule", "decoupled_schedule"])
+def test_keras_schedule_matches_reference(row):
+    """A Keras schedule object against the reference on the schedule's own values."""
+    case = cases.by_id(TABLE, row)
+    problem = cases.problem(case, margin=True, missing=None)
+    params, grads = host_arrays(case, problem)
+    schedule = _schedule()
+    lrs = [float(ops.convert_to_numpy(schedule(step))) for step in range(STEPS)]
+    optimizer = lion_keras.Lion(**{**options(case), "learning_rate": _schedule()})
+    variables = run_apply(optimizer, params, grads)
+    expected = reference_lion(problem.init, problem.grads, lr=lrs, beta1=case.beta1, beta2=case.beta2,
+                              weight_decay=case.weight_decay, max_lr=case.reference_max_lr)
+    atol = f32_atol(params, STEPS, max(lrs))
+    for i, (got, want) in enumerate(zip(values(variables), expected.params)):
+        assert_close(got, want, rtol=0, atol=atol, what=f"param {i}")
+    for i, (got, want) in enumerate(zip(momenta(optimizer), expected.momentum)):
+        assert_close(got, want, rtol=0, atol=momentum_atol(grads), what=f"momentum {i}")
 
 
 @pytest.mark.parametrize(
@@ -227,11 +226,12 @@ def _bf16(x):
 
 
 def test_bfloat16_variables_keep_float32_momentum_and_round_once():
-    """bf16 variables (next to a float32 one): float32 momentum, math in float32, one rounding."""
+    """bf16 variables (next to a float32 one) with float32 momentum, named: math in float32, one
+    rounding."""
     params = [_bf16(p).astype(np.float32) for p in random_params([(8, 6), (5,)])]
     steps = 5
     grads = margin_grads(params, steps)
-    optimizer = lion_keras.Lion(learning_rate=LR)
+    optimizer = lion_keras.Lion(learning_rate=LR, momentum_dtype="float32")
     variables = [keras.Variable(params[0], dtype="bfloat16"), keras.Variable(params[1], dtype="float32")]
     for step_grads in grads:
         bf16_grad = ops.convert_to_tensor(step_grads[0], "bfloat16")
@@ -263,41 +263,60 @@ def test_bfloat16_momentum_for_float32_variables():
     # combination of the gradients).
     for got, want in zip(values(variables), expected.params):
         assert_close(got, want, rtol=0, atol=f32_atol(params, STEPS, LR))
-    largest = max(float(np.max(np.abs(g))) for step in grads for g in step)
+    largest = max(float(np.max(np.abs(g))) for step in grads for g in step if g.size)
     for got, want in zip(momenta(optimizer), expected.momentum):
         assert_close(got, want, rtol=0, atol=STEPS * 2.0**-9 * largest)
 
 
 # --- against keras.optimizers.Lion ------------------------------------------------------------
 
-KERAS_CASES = {
-    "defaults": {},
-    "learning_rate": dict(learning_rate=LR),
-    "weight_decay": dict(learning_rate=LR, weight_decay=0.5),
-    "betas": dict(learning_rate=LR, beta_1=0.95, beta_2=0.98),
-    "clipnorm": dict(learning_rate=LR, weight_decay=0.1, clipnorm=0.5),
-    "global_clipnorm": dict(learning_rate=LR, global_clipnorm=0.5),
-    "clipvalue": dict(learning_rate=LR, clipvalue=0.2),
-    "ema": dict(learning_rate=LR, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=3),
-    "gradient_accumulation": dict(learning_rate=LR, weight_decay=0.1, gradient_accumulation_steps=3),
-    "schedule": dict(learning_rate=_schedule, weight_decay=0.5),
-    "loss_scale_factor": dict(learning_rate=LR, loss_scale_factor=64.0),
+#: Rows of the table that keras.optimizers.Lion can express: no cautious, no decoupling, and not
+#: beta_1 = 0, which it rejects (saying "[0, 1]").
+KERAS_ROWS = [
+    case for case in TABLE if not case.features & {"cautious", "decouple_lr"} and case.beta1 > 0
+]
+#: Keras' own options on top of a row: name -> (row or None for both optimizers' defaults, arguments).
+KERAS_OPTIONS = {
+    "defaults": (None, {}),
+    "clipnorm": ("weight_decay", dict(clipnorm=0.5)),
+    "global_clipnorm": ("plain", dict(global_clipnorm=0.5)),
+    "clipvalue": ("plain", dict(clipvalue=0.2)),
+    "ema": ("plain", dict(use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=3)),
+    "gradient_accumulation": ("weight_decay", dict(gradient_accumulation_steps=3)),
+    "keras_schedule": ("weight_decay", dict(learning_rate=_schedule)),
+    "loss_scale_factor": ("plain", dict(loss_scale_factor=64.0)),
 }
+KERAS_CASES = {cases.case_id(case): (case, {}) for case in KERAS_ROWS}
+KERAS_CASES.update(
+    {name: (None if row is None else cases.by_id(TABLE, row), extra) for name, (row, extra) in KERAS_OPTIONS.items()}
+)
 
 
-@pytest.mark.parametrize("case", sorted(KERAS_CASES))
-def test_matches_keras_lion(case):
+def _keras_lion_args(case, extra: dict, steps: int) -> dict:
+    if case is None:
+        return dict(extra)
+    args = {**options(case, steps), **extra}
+    for name in ("cautious", "decouple_lr", "max_lr", "momentum_dtype"):  # ours only
+        args.pop(name)
+    return args
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_CASES))
+def test_matches_keras_lion(name):
     """Same inputs, same numbers as the optimizer that lion_keras.Lion replaces."""
-    kwargs = KERAS_CASES[case]
+    case, extra = KERAS_CASES[name]
     params = random_params(SHAPES)
     rng = np.random.default_rng(5)
-    steps = 6 if "gradient_accumulation_steps" in kwargs else 9  # two updates of three micro-batches
+    steps = 6 if "gradient_accumulation_steps" in extra else 9  # two updates of three micro-batches
     grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params] for _ in range(steps)]
     results = []
     for cls in (lion_keras.Lion, keras.optimizers.Lion):
-        optimizer = cls(**_resolve(kwargs, steps))
+        kwargs = _resolve(_keras_lion_args(case, extra, steps))
+        if cls is lion_keras.Lion and case is not None:
+            kwargs["momentum_dtype"] = case.momentum_dtype  # named: our default is ours to change
+        optimizer = cls(**kwargs)
         optimizer.exclude_from_weight_decay(var_names=["bias"])
-        variables = run_apply(optimizer, params, grads, names=["kernel", "bias", "scale", "other"])
+        variables = run_apply(optimizer, params, grads, names=NAMES)
         averages = (
             [ops.convert_to_numpy(a) for a in optimizer._model_variables_moving_average]
             if optimizer.use_ema
@@ -307,11 +326,12 @@ def test_matches_keras_lion(case):
     (ours, our_m, our_avg), (theirs, their_m, their_avg) = results
     atol = f32_atol(params, steps, 0.02)
     for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert_close(a, b, rtol=0, atol=atol, what=f"{case}: param {i}")
+        assert_close(a, b, rtol=0, atol=atol, what=f"{name}: param {i}")
     for i, (a, b) in enumerate(zip(our_m, their_m)):
-        assert_close(a, b, rtol=0, atol=momentum_atol(grads), what=f"{case}: momentum {i}")
+        assert a.dtype == b.dtype, f"{name}: momentum {i} is {a.dtype}, Keras' is {b.dtype}"
+        assert_close(a, b, rtol=0, atol=momentum_atol(grads), what=f"{name}: momentum {i}")
     for i, (a, b) in enumerate(zip(our_avg, their_avg)):
-        assert_close(a, b, rtol=0, atol=atol, what=f"{case}: EMA {i}")
+        assert_close(a, b, rtol=0, atol=atol, what=f"{name}: EMA {i}")
     # The case did something: the parameters moved.
     assert any(not np.array_equal(a, p) for a, p in zip(ours, params))
 
@@ -319,28 +339,34 @@ def test_matches_keras_lion(case):
 # --- against lion_torch.Lion ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
-def test_matches_lion_torch(weight_decay):
-    params = random_params(SHAPES)
-    grads = margin_grads(params, STEPS, beta1=0.95, beta2=0.98)
+def _lion_torch_args(case) -> dict:
+    """The case as ``lion_torch.Lion`` arguments (JSON-able: they may cross to another process).
+
+    The momentum dtype is not named: for float32 parameters lion_torch keeps float32, as it must.
+    """
+    return dict(lr=case.lr, betas=(case.beta1, case.beta2), weight_decay=case.weight_decay,
+                cautious=case.cautious, decouple_lr=case.decouple_lr, max_lr=case.max_lr)
+
+
+@pytest.mark.parametrize("row", ["plain", "betas", "weight_decay", "decoupled_cautious"])
+def test_matches_lion_torch(row):
+    case = cases.by_id(TABLE, row)
+    problem = cases.problem(case, margin=True, missing=None)
+    params, grads = host_arrays(case, problem)
     # Once TensorFlow is loaded, lion_torch runs in a process of its own (see _lion_torch_run).
     theirs, their_momenta = run_lion_torch(
-        params,
-        grads,
-        subprocess_="tensorflow" in sys.modules,
-        lr=LR,
-        betas=(0.95, 0.98),
-        weight_decay=weight_decay,
+        params, grads, subprocess_="tensorflow" in sys.modules, **_lion_torch_args(case)
     )
-    optimizer = lion_keras.Lion(learning_rate=LR, beta_1=0.95, beta_2=0.98, weight_decay=weight_decay or None)
+    optimizer = lion_keras.Lion(**options(case))
     variables = run_apply(optimizer, params, grads)
+    atol = f32_atol(params, STEPS, case.peak_lr)
     for i, (ours, want) in enumerate(zip(values(variables), theirs)):
-        assert_close(ours, want, rtol=0, atol=f32_atol(params, STEPS, LR), what=f"param {i}")
+        assert_close(ours, want, rtol=0, atol=atol, what=f"param {i}")
     for i, (ours, want) in enumerate(zip(momenta(optimizer), their_momenta)):
         assert_close(ours, want, rtol=0, atol=momentum_atol(grads), what=f"momentum {i}")
-    expected = reference_lion(params, grads, lr=LR, beta1=0.95, beta2=0.98, weight_decay=weight_decay)
+    expected = cases.reference_float64(case, problem)
     for i, (want, ref) in enumerate(zip(theirs, expected.params)):
-        assert_close(want, ref, rtol=0, atol=f32_atol(params, STEPS, LR), what=f"lion_torch param {i}")
+        assert_close(want, ref, rtol=0, atol=atol, what=f"lion_torch param {i}")
 
 
 # --- the backend's own paths ------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Shared pieces of the Optax tests: gradients with a sign margin, running a transformation, tolerances.
+"""The Optax translator of the case table (``tests.cases``), and the pieces the Optax tests share.
 
-The oracle is ``lion_core.reference``; these helpers only drive the transformation and compare.
+The oracle is ``lion_core.reference``; these helpers only drive the transformation. Tolerances and
+comparisons are ``tests.cases``'.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import numpy as np
 import optax
 
 from lion_core.reference import reference_step
-from tests.support import margin_gradient
+from tests import cases
+from tests.cases import EPS32, margin_gradient
 
-EPS32 = 2.0**-24  # half a float32 ulp, relative: the largest error of one correctly rounded operation
-
-#: Odd sizes, a 0-d array, a zero-size array and a 3-d one, so no path relies on nice shapes.
-SHAPES: tuple[tuple[int, ...], ...] = ((), (1,), (1023,), (4097,), (3, 5, 7), (0,), (17, 33))
+SHAPES = cases.SHAPES
 
 PerStep = Any  # a number, or a function of the step index (0 for the first step)
 
@@ -95,22 +94,55 @@ def reference_run(
 
 
 def f32_param_atol(params: Sequence[np.ndarray], steps: int, lr: float) -> float:
-    """Float32 tolerance for parameters after ``steps`` steps, against the float64 reference.
-
-    A step rounds at most four times where the parameter is involved (the decay product, the sum
-    with the direction, the product with the learning rate, the addition to the parameter), each by
-    at most half an ulp of a value no larger than ``max|p0| + steps * lr`` plus the float32 learning
-    rate's own rounding; six such errors per step bound it. A sign that differs from the reference
-    moves an element by ``2 * lr``, far outside this bound.
-    """
-    scale = max([float(np.max(np.abs(p))) for p in params if p.size] + [0.0]) + steps * lr
-    return 6 * steps * EPS32 * scale
+    """``cases.param_atol`` for Optax's chain: four roundings per step plus the float32 lr's own."""
+    return cases.param_atol(params, steps, lr, roundings=6)
 
 
-def f32_momentum_atol(grads: Sequence[Sequence[np.ndarray]]) -> float:
-    """Float32 tolerance for the momentum: each step rounds two products and a sum of size <= max|g|."""
-    scale = max(float(np.max(np.abs(g))) for step in grads for g in step if g.size)
-    return 4 * len(grads) * EPS32 * scale
+f32_momentum_atol = cases.momentum_atol
+
+#: Features of the table that Optax cannot express: the update of a maximized objective is that of
+#: the negated loss, which Optax users write themselves.
+UNSUPPORTED = {"maximize": "optax has no maximize flag: negate the loss"}
+
+
+def learning_rate(case: cases.Case, steps: int = cases.STEPS) -> Any:
+    """The case's learning rate for Optax: a constant, or a schedule (a function of the step count)."""
+    if case.schedule is None:
+        return case.lr
+    values = jnp.asarray([case.lr_at(t) for t in range(steps)], jnp.float32)
+    return lambda count: values[jnp.minimum(count, steps - 1)]
+
+
+def options(case: cases.Case, steps: int = cases.STEPS) -> dict[str, Any]:
+    """The case as ``lion_optax.lion`` arguments (``mu_dtype`` always named)."""
+    unsupported = case.features & set(UNSUPPORTED)
+    if unsupported:
+        raise ValueError(f"case {case.id} needs {sorted(unsupported)}: {UNSUPPORTED}")
+    return dict(
+        learning_rate=learning_rate(case, steps),
+        b1=case.beta1,
+        b2=case.beta2,
+        mu_dtype=jnp.dtype(case.momentum_dtype),
+        weight_decay=case.weight_decay,
+        cautious=case.cautious,
+        decouple_lr=case.decouple_lr,
+        max_lr=case.max_lr,
+    )
+
+
+def host_arrays(case: cases.Case, problem: cases.Problem) -> tuple[list[Any], list[list[Any]]]:
+    """The problem's parameters and gradients as JAX arrays of the case's dtypes."""
+    params = [jnp.asarray(x, case.param_dtype) for x in problem.init]
+    grads = [[jnp.asarray(g, case.gradient_dtype) for g in step] for step in problem.grads]
+    return params, grads
+
+
+def run_case(case: cases.Case, problem: cases.Problem, **overrides: Any) -> tuple[Any, Any]:
+    """Runs ``lion_optax.lion`` on the case's problem, jitted; ``overrides`` are extra arguments."""
+    import lion_optax
+
+    params, grads = host_arrays(case, problem)
+    return run(lion_optax.lion(**{**options(case, problem.steps), **overrides}), params, grads)
 
 
 def step_fn(tx: optax.GradientTransformation) -> Callable[..., Any]:

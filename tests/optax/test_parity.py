@@ -1,6 +1,14 @@
-"""``lion_optax`` against ``optax.lion`` (bit for bit) and against the float64 ``lion_core`` reference."""
+"""``lion_optax`` against ``optax.lion`` (bit for bit) and against the float64 ``lion_core`` reference.
+
+The reference tests run the table of ``tests.cases`` (in float32: JAX runs without float64) through
+the translator in ``_helpers``; the rows Optax cannot express are left out with the reason given in
+``_helpers.UNSUPPORTED``. Optax's own pieces (masks, schedule objects, array hyperparameters) are
+tested on top of the table's rows.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,21 +17,26 @@ import optax
 import pytest
 
 import lion_optax
-from lion_core.reference import reference_step
+from lion_core.reference import reference_lion, reference_step
+from tests import cases
+from tests.cases import EPS32, assert_close, assert_exact, margin_gradient
 from tests.optax._helpers import (
-    EPS32,
-    at,
+    UNSUPPORTED,
     f32_momentum_atol,
     f32_param_atol,
+    host_arrays,
     lion_state,
+    options,
     random_grads,
     random_params,
-    reference_run,
     run,
+    run_case,
 )
-from tests.support import assert_close, assert_exact, margin_gradient
 
-STEPS = 30
+#: Steps of the bit-for-bit comparisons with optax.lion (no tolerance grows with them).
+PARITY_STEPS = 30
+#: The table's rows in float32, with float32 momentum.
+TABLE = [case.at_dtypes("float32") for case in cases.select(cases.CASES, UNSUPPORTED)]
 
 
 def _mask(params):
@@ -31,44 +44,61 @@ def _mask(params):
     return [i % 2 == 0 for i in range(len(params))]
 
 
-# name -> keyword arguments shared by optax.lion and lion_optax.lion
-OPTAX_CASES = {
-    "defaults": dict(learning_rate=1e-3),
-    "weight_decay_and_mask": dict(learning_rate=1e-2, weight_decay=0.5, mask=_mask),
-    "mask_tree": dict(learning_rate=1e-2, weight_decay=0.1, mask=[True, False] * 3 + [True]),
-    "schedules": dict(
-        learning_rate=optax.warmup_cosine_decay_schedule(0.0, 3e-2, 5, STEPS),
-        weight_decay=optax.linear_schedule(0.5, 0.0, STEPS),
+#: Options only the Optax API has, on top of a row of the table: name -> (row, extra arguments).
+OPTAX_OPTIONS = {
+    "mask_fn": ("weight_decay", dict(mask=_mask)),
+    "mask_tree": ("weight_decay", dict(mask=[i % 3 != 1 for i in range(len(cases.SHAPES))])),
+    "optax_schedules": (
+        "plain",
+        dict(
+            learning_rate=optax.warmup_cosine_decay_schedule(0.0, 3e-2, 5, PARITY_STEPS),
+            weight_decay=optax.linear_schedule(0.5, 0.0, PARITY_STEPS),
+        ),
     ),
-    "betas": dict(learning_rate=1e-2, b1=0.5, b2=0.9, weight_decay=0.0),
-    "array_hyperparameters": dict(
-        learning_rate=jnp.float32(1e-2), b1=jnp.float32(0.95), b2=jnp.float32(0.98)
+    "array_hyperparameters": (
+        "betas",
+        dict(learning_rate=jnp.float32(1e-2), b1=jnp.float32(0.95), b2=jnp.float32(0.98)),
     ),
 }
 
+#: Arguments optax.lion does not have: rows needing them are not compared with it.
+OURS_ONLY = {"cautious": "ours only", "decouple_lr": "ours only"}
 
-@pytest.mark.parametrize("case", OPTAX_CASES)
-def test_matches_optax_lion_bit_for_bit(case):
+
+def _optax_lion_args(case: cases.Case, extra: dict) -> dict:
+    args = {**options(case, PARITY_STEPS), **extra}
+    for name in ("cautious", "decouple_lr", "max_lr"):
+        args.pop(name)
+    return args
+
+
+PARITY = {cases.case_id(c): (c, {}) for c in TABLE if not c.features & set(OURS_ONLY)}
+PARITY.update({name: (cases.by_id(TABLE, row), extra) for name, (row, extra) in OPTAX_OPTIONS.items()})
+
+
+@pytest.mark.parametrize("name", PARITY)
+def test_matches_optax_lion_bit_for_bit(name):
+    case, extra = PARITY[name]
     params = random_params()
-    grads = random_grads(params, STEPS)
-    ours_p, ours_s = run(lion_optax.lion(**OPTAX_CASES[case]), params, grads)
-    theirs_p, theirs_s = run(optax.lion(**OPTAX_CASES[case]), params, grads)
+    grads = random_grads(params, PARITY_STEPS)
+    args = _optax_lion_args(case, extra)
+    ours_p, ours_s = run(lion_optax.lion(**args), params, grads)
+    theirs_p, theirs_s = run(optax.lion(**args), params, grads)
     for i, (a, b) in enumerate(zip(ours_p, theirs_p)):
         assert_exact(a, b, what=f"param {i}")
     ours, theirs = lion_state(ours_s), lion_state(theirs_s)
     for i, (a, b) in enumerate(zip(ours.mu, theirs.mu)):
         assert a.dtype == b.dtype
         assert_exact(a, b, what=f"momentum {i}")
-    assert int(ours.count) == int(theirs.count) == STEPS
+    assert int(ours.count) == int(theirs.count) == PARITY_STEPS
 
 
 def test_bfloat16_params_match_optax_with_float32_momentum():
-    # The one default that differs: optax keeps a bfloat16 momentum for bfloat16 parameters, we keep
-    # float32. Given the same momentum dtype (and float32 gradients, as mixed precision produces),
-    # the numbers are optax's.
+    # Given the same momentum dtype (named on both sides) and float32 gradients, as mixed precision
+    # produces, bfloat16 parameters get optax's numbers.
     params = [p.astype(jnp.bfloat16) for p in random_params()]
     grads = random_grads(params, 10)
-    ours_p, ours_s = run(lion_optax.lion(1e-2, weight_decay=0.1), params, grads)
+    ours_p, ours_s = run(lion_optax.lion(1e-2, weight_decay=0.1, mu_dtype=jnp.float32), params, grads)
     theirs_p, theirs_s = run(optax.lion(1e-2, weight_decay=0.1, mu_dtype=jnp.float32), params, grads)
     for i, (a, b) in enumerate(zip(ours_p, theirs_p)):
         assert a.dtype == jnp.bfloat16
@@ -78,69 +108,72 @@ def test_bfloat16_params_match_optax_with_float32_momentum():
         assert_exact(a, b, what=f"momentum {i}")
 
 
-# name -> (lion_optax.lion keyword arguments, reference keyword arguments, which params decay)
-REFERENCE_CASES = {
-    "no_decay": (dict(learning_rate=1e-2, weight_decay=0.0), dict(lr=1e-2), None),
-    "decay": (dict(learning_rate=1e-2, weight_decay=0.3), dict(lr=1e-2, weight_decay=0.3), None),
-    "masked_decay": (
-        dict(learning_rate=1e-2, weight_decay=0.3, mask=_mask),
-        dict(lr=1e-2, weight_decay=0.3),
-        [i % 2 == 0 for i in range(7)],
-    ),
-    "schedules": (
+def _compare(case, problem, ours_p, ours_s, expected, *, lr_max):
+    atol = f32_param_atol(problem.init, problem.steps, lr_max)
+    for i, (a, e) in enumerate(zip(ours_p, expected.params)):
+        assert_close(a, e, rtol=0, atol=atol, what=f"{cases.case_id(case)}: param {i}")
+    m_atol = f32_momentum_atol(problem.grads)
+    for i, (a, e) in enumerate(zip(lion_state(ours_s).mu, expected.momentum)):
+        assert a.dtype == jnp.dtype(case.momentum_dtype)
+        assert_close(a, e, rtol=0, atol=m_atol, what=f"{cases.case_id(case)}: momentum {i}")
+
+
+# NumPy warns when the reference's cautious mean runs over the zero-size parameter (lion_core).
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.parametrize("case", TABLE, ids=cases.case_id)
+def test_matches_float64_reference(case):
+    """Every row Optax can express, on float32 gradients with a sign margin (no None gradient: a
+    JAX gradient tree has every leaf), against the float64 reference."""
+    problem = cases.problem(case, margin=True, missing=None)
+    ours_p, ours_s = run_case(case, problem)
+    _compare(case, problem, ours_p, ours_s, cases.reference_float64(case, problem), lr_max=case.peak_lr)
+
+
+#: Optax's own masks and schedule objects against the reference: name -> (row, lion_optax.lion
+#: arguments on top of the row's, reference arguments that replace the row's, which params decay).
+REFERENCE_OPTIONS = {
+    "masked_decay": ("weight_decay", dict(mask=_mask), {}, _mask(cases.SHAPES)),
+    "optax_schedules": (
+        "weight_decay",
         dict(
-            learning_rate=optax.cosine_decay_schedule(2e-2, STEPS),
-            weight_decay=optax.linear_schedule(0.4, 0.1, STEPS),
+            learning_rate=optax.cosine_decay_schedule(2e-2, cases.STEPS),
+            weight_decay=optax.linear_schedule(0.4, 0.1, cases.STEPS),
         ),
         dict(
-            lr=optax.cosine_decay_schedule(2e-2, STEPS),
-            weight_decay=optax.linear_schedule(0.4, 0.1, STEPS),
+            lr=optax.cosine_decay_schedule(2e-2, cases.STEPS),
+            weight_decay=optax.linear_schedule(0.4, 0.1, cases.STEPS),
         ),
         None,
     ),
-    "betas": (
-        dict(learning_rate=1e-2, b1=0.7, b2=0.95, weight_decay=0.1),
-        dict(lr=1e-2, beta1=0.7, beta2=0.95, weight_decay=0.1),
-        None,
-    ),
-    "cautious": (
-        dict(learning_rate=1e-2, weight_decay=0.1, cautious=True),
-        dict(lr=1e-2, weight_decay=0.1, cautious=True),
-        None,
-    ),
-    "decoupled_constant_lr": (
-        dict(learning_rate=1e-2, weight_decay=1e-3, decouple_lr=True),
-        dict(lr=1e-2, weight_decay=1e-3, max_lr=1e-2),
-        None,
-    ),
-    "decoupled_schedule": (
-        dict(
-            learning_rate=optax.warmup_cosine_decay_schedule(0.0, 2e-2, 5, STEPS),
-            weight_decay=1e-2,
-            decouple_lr=True,
-            max_lr=2e-2,
-        ),
-        dict(lr=optax.warmup_cosine_decay_schedule(0.0, 2e-2, 5, STEPS), weight_decay=1e-2, max_lr=2e-2),
+    "decoupled_optax_schedule": (
+        "max_lr",
+        dict(learning_rate=optax.warmup_cosine_decay_schedule(0.0, 2e-2, 5, cases.STEPS), max_lr=2e-2),
+        dict(lr=optax.warmup_cosine_decay_schedule(0.0, 2e-2, 5, cases.STEPS), max_lr=2e-2),
         None,
     ),
 }
 
 
-# NumPy warns when the reference's cautious mean runs over the zero-size parameter (lion_core).
-@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
-@pytest.mark.parametrize("case", REFERENCE_CASES)
-def test_matches_float64_reference(case):
-    kwargs, ref_kwargs, decayed = REFERENCE_CASES[case]
-    params = random_params()
-    grads, ref_p, ref_m = reference_run(params, STEPS, decayed=decayed, **ref_kwargs)
-    ours_p, ours_s = run(lion_optax.lion(**kwargs), params, grads)
-    lr_max = max(at(ref_kwargs["lr"], s) for s in range(STEPS))
-    atol = f32_param_atol(params, STEPS, lr_max)
-    for i, (a, e) in enumerate(zip(ours_p, ref_p)):
-        assert_close(a, e, rtol=0, atol=atol, what=f"param {i}")
-    m_atol = f32_momentum_atol(grads)
-    for i, (a, e) in enumerate(zip(lion_state(ours_s).mu, ref_m)):
-        assert_close(a, e, rtol=0, atol=m_atol, what=f"momentum {i}")
+@pytest.mark.parametrize("name", REFERENCE_OPTIONS)
+def test_optax_options_match_float64_reference(name):
+    row, extra, ref_args, decayed = REFERENCE_OPTIONS[name]
+    case = cases.by_id(TABLE, row)
+    problem = cases.problem(case, margin=True, missing=None)
+    ours_p, ours_s = run_case(case, problem, **extra)
+    hyper = dict(lr=case.lr, beta1=case.beta1, beta2=case.beta2, weight_decay=case.weight_decay,
+                 max_lr=case.reference_max_lr, cautious=case.cautious)
+    hyper.update(ref_args)
+    steps = range(problem.steps)
+    hyper = {k: ([float(v(t)) for t in steps] if callable(v) else v) for k, v in hyper.items()}
+    decayed = [True] * len(problem.init) if decayed is None else decayed
+    expected_p, expected_m = [], []
+    for i, keep in enumerate(decayed):
+        ref = reference_lion([problem.init[i]], [[g[i]] for g in problem.grads],
+                             **{**hyper, **({} if keep else {"weight_decay": 0.0})})
+        expected_p.append(ref.params[0])
+        expected_m.append(ref.momentum[0])
+    lr_max = max(np.max(hyper["lr"]), case.peak_lr)
+    _compare(case, problem, ours_p, ours_s, cases.ReferenceResult(expected_p, expected_m), lr_max=lr_max)
 
 
 def test_bfloat16_momentum_follows_reference_each_step():
@@ -153,7 +186,7 @@ def test_bfloat16_momentum_follows_reference_each_step():
     rng = np.random.default_rng(3)
     current = [jnp.asarray(p) for p in params]
     step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
-    for t in range(STEPS):
+    for t in range(PARITY_STEPS):
         mu = [np.asarray(m.astype(jnp.float32)) for m in lion_state(state).mu]
         grads = [margin_gradient(rng, m, beta1=0.9).astype(np.float32) for m in mu]
         new, state = step(current, state, [jnp.asarray(g) for g in grads])
@@ -170,7 +203,7 @@ def test_bfloat16_momentum_rounds_once_unlike_optax():
     # optax multiplies the bfloat16 momentum by b1 and b2 in bfloat16 and rounds again when storing;
     # we compute in float32 and round once, so our momentum stays closer to the float64 reference.
     params = random_params(((4096,),))
-    grads = random_grads(params, STEPS, seed=5)
+    grads = random_grads(params, PARITY_STEPS, seed=5)
     grads = [[g / np.float32(1e3)] for (g,) in grads]  # keep the momentum away from bfloat16's range limits
     ours = lion_state(run(lion_optax.lion(1e-3, mu_dtype=jnp.bfloat16), params, grads)[1]).mu[0]
     theirs = lion_state(run(optax.lion(1e-3, mu_dtype=jnp.bfloat16), params, grads)[1]).mu[0]

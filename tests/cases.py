@@ -26,7 +26,16 @@ arguments, and the host's results back into NumPy)::
         problem = cases.problem(case)               # SHAPES, STEPS, seeded by the case's id
         params, momenta = run_mine(case, problem)
         expected = cases.reference(case, problem)  # lion_core.reference, float64
-        cases.assert_params_and_momenta(params, momenta, expected)   # exact in float64
+        cases.assert_all_exact(params, expected.params, what="param")   # exact in float64
+        cases.assert_all_exact(momenta, expected.momentum, what="momentum")
+
+    @pytest.mark.parametrize("case", cases.LOW_PRECISION_CASES, ids=cases.case_id)
+    def test_low_precision(case):                   # same, within the stated budgets
+        problem = cases.problem(case, margin=True)
+        params, momenta = run_mine(case, problem)
+        expected = cases.reference(case, problem)  # float32 math, rounded when stored
+        cases.assert_all_close(params, expected.params, **cases.BUDGETS[case.param_dtype].margin,
+                               what="param")
 
 * ``cases.problem(case, margin=True)`` draws gradients that keep ``|beta1 m + (1 - beta1) g| >= 0.05``
   along the reference's own trajectory, so low-precision paths agree with it on every sign and can be
@@ -43,7 +52,11 @@ arguments, and the host's results back into NumPy)::
 A new variant (8-bit momentum, stochastic rounding, distributed) is one row: ``momentum_dtype`` is a
 free name ("int8_blockwise" once lion_core declares that format), ``rounding="stochastic"`` and
 ``world_size=2`` are fields already here, and a path that cannot run a row says so through
-``select(unsupported=...)`` (the row's :attr:`Case.features` names what it needs).
+``select(unsupported=...)`` (the row's :attr:`Case.features` names what it needs). The reference
+runner refuses what it cannot model yet (a storage format not in :data:`HALF_ULP`, stochastic
+rounding): that variant's row comes with its rounding in :func:`round_to`, from lion_core's
+declaration. A ``world_size > 1`` row has the one-process reference: every rank must end where one
+process ends on the same (already averaged) gradients; its translator shards the problem.
 
 Failures print the first mismatching indices and values, not just "not close".
 """
@@ -52,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,7 +373,8 @@ def margin_gradient(
     With the interpolation far from zero, every path must agree on its sign, so parameters can be
     compared elementwise at tight tolerance even in low precision.
     """
-    target = rng.uniform(margin, 1.0, size=np.shape(momentum)) * rng.choice([-1.0, 1.0], size=np.shape(momentum))
+    shape = np.shape(momentum)
+    target = rng.uniform(margin, 1.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
     return (target - beta1 * np.asarray(momentum)) / (1 - beta1)
 
 
@@ -383,6 +397,8 @@ def problem(
         (``c = 0`` there, with zero momentum: ``sign(0) = 0`` is exercised).
       missing: the (step, parameter) whose gradient is None, or None for none.
     """
+    if margin:
+        _check_modelled(case)
     rng = np.random.default_rng(seed_of(case.id) if seed is None else seed)
     init = [round_to(rng.standard_normal(shape), case.param_dtype) for shape in shapes]
     grads: list[list[np.ndarray | None]] = []
@@ -455,13 +471,16 @@ def _reference_row(
     return new_p, new_m
 
 
-def reference(case: Case, problem: Problem, *, momentum: Sequence[np.ndarray] | None = None) -> ReferenceResult:
+def reference(
+    case: Case, problem: Problem, *, momentum: Sequence[np.ndarray] | None = None
+) -> ReferenceResult:
     """What the case must produce: ``lion_core.reference`` on the problem, as float64 arrays.
 
     float64 rows run ``reference_lion`` itself. Rows with a lower-precision dtype compute each step
     in float32 (the rule of ``lion_core.compute_dtype``) and round the parameter and the momentum to
     their storage dtypes after every step.
     """
+    _check_modelled(case)
     if {case.param_dtype, case.momentum_dtype, case.gradient_dtype} == {"float64"}:
         lrs = [case.lr_at(step) for step in range(problem.steps)]
         return reference_lion(
@@ -481,6 +500,16 @@ def reference(case: Case, problem: Problem, *, momentum: Sequence[np.ndarray] | 
     for step, row in enumerate(problem.grads):
         params, moments = _reference_row(case, step, params, moments, row)
     return ReferenceResult(params, moments)
+
+
+def _check_modelled(case: Case) -> None:
+    unknown = {case.param_dtype, case.momentum_dtype, case.gradient_dtype} - set(HALF_ULP)
+    if unknown or case.rounding != "nearest":
+        raise NotImplementedError(
+            f"case {case.id}: the reference models round-to-nearest storage in {sorted(HALF_ULP)}; "
+            f"add the rounding of {sorted(unknown) or case.rounding!r} (from lion_core's declaration) to "
+            "tests.cases.round_to with the row"
+        )
 
 
 def reference_float64(case: Case, problem: Problem) -> ReferenceResult:

@@ -15,7 +15,7 @@ from keras import ops
 
 from lion_core.reference import reference_step
 from tests import cases
-from tests.cases import EPS32, margin_gradient, momentum_atol, to_numpy
+from tests.cases import margin_gradient, momentum_atol, to_numpy  # noqa: F401 (momentum_atol: re-exported)
 
 BACKEND = keras.backend.backend()
 
@@ -66,7 +66,9 @@ def options(case: cases.Case, steps: int = cases.STEPS) -> dict[str, Any]:
 def host_arrays(case: cases.Case, problem: cases.Problem) -> tuple[list[np.ndarray], list[list[Any]]]:
     """The problem's parameters and gradients as NumPy arrays of the case's dtypes (float32 and up)."""
     params = [np.asarray(x, case.param_dtype) for x in problem.init]
-    grads = [[None if g is None else np.asarray(g, case.gradient_dtype) for g in step] for step in problem.grads]
+    grads = [
+        [None if g is None else np.asarray(g, case.gradient_dtype) for g in step] for step in problem.grads
+    ]
     return params, grads
 
 

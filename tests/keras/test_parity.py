@@ -288,7 +288,10 @@ KERAS_OPTIONS = {
 }
 KERAS_CASES = {cases.case_id(case): (case, {}) for case in KERAS_ROWS}
 KERAS_CASES.update(
-    {name: (None if row is None else cases.by_id(TABLE, row), extra) for name, (row, extra) in KERAS_OPTIONS.items()}
+    {
+        name: (None if row is None else cases.by_id(TABLE, row), extra)
+        for name, (row, extra) in KERAS_OPTIONS.items()
+    }
 )
 
 

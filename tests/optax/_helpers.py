@@ -16,7 +16,7 @@ import optax
 
 from lion_core.reference import reference_step
 from tests import cases
-from tests.cases import EPS32, margin_gradient
+from tests.cases import margin_gradient
 
 SHAPES = cases.SHAPES
 

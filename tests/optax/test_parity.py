@@ -8,8 +8,6 @@ tested on top of the table's rows.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +22,6 @@ from tests.optax._helpers import (
     UNSUPPORTED,
     f32_momentum_atol,
     f32_param_atol,
-    host_arrays,
     lion_state,
     options,
     random_grads,
@@ -44,8 +41,10 @@ def _mask(params):
     return [i % 2 == 0 for i in range(len(params))]
 
 
-#: Options only the Optax API has, on top of a row of the table: name -> (row, extra arguments).
+#: Options only the Optax API has, on top of a row of the table: name -> (row, extra arguments);
+#: row None gives both optimizers only the extra arguments (their defaults must agree).
 OPTAX_OPTIONS = {
+    "defaults": (None, dict(learning_rate=1e-3)),
     "mask_fn": ("weight_decay", dict(mask=_mask)),
     "mask_tree": ("weight_decay", dict(mask=[i % 3 != 1 for i in range(len(cases.SHAPES))])),
     "optax_schedules": (
@@ -65,7 +64,9 @@ OPTAX_OPTIONS = {
 OURS_ONLY = {"cautious": "ours only", "decouple_lr": "ours only"}
 
 
-def _optax_lion_args(case: cases.Case, extra: dict) -> dict:
+def _optax_lion_args(case: cases.Case | None, extra: dict) -> dict:
+    if case is None:
+        return dict(extra)
     args = {**options(case, PARITY_STEPS), **extra}
     for name in ("cautious", "decouple_lr", "max_lr"):
         args.pop(name)
@@ -73,7 +74,12 @@ def _optax_lion_args(case: cases.Case, extra: dict) -> dict:
 
 
 PARITY = {cases.case_id(c): (c, {}) for c in TABLE if not c.features & set(OURS_ONLY)}
-PARITY.update({name: (cases.by_id(TABLE, row), extra) for name, (row, extra) in OPTAX_OPTIONS.items()})
+PARITY.update(
+    {
+        name: (None if row is None else cases.by_id(TABLE, row), extra)
+        for name, (row, extra) in OPTAX_OPTIONS.items()
+    }
+)
 
 
 @pytest.mark.parametrize("name", PARITY)

@@ -145,7 +145,8 @@ def reference_stored(
     for i, x in enumerate(init):
         case = cases.Case(id=f"column {i}", param_dtype=NAMES[param_dtypes[i]],
                           momentum_dtype=NAMES[momentum_dtypes[i]], **hyper)
-        column = [[None if step[i] is None else cases.round_to(step[i], case.gradient_dtype)] for step in grads]
+        column = [[None if step[i] is None else cases.round_to(step[i], case.gradient_dtype)]
+                  for step in grads]
         problem = cases.Problem([cases.round_to(x, case.param_dtype)], column)
         ref = cases.reference(case, problem)
         params.append(ref.params[0])

@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from lion_core import compute_dtype
 from lion_core.reference import ReferenceResult, reference_lion, reference_step
 
 # --- the table ----------------------------------------------------------------------------------
@@ -460,8 +461,8 @@ def _reference_row(
     grads: Sequence[np.ndarray | None],
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """One step of the case's reference on every parameter."""
-    stored = {case.param_dtype, case.momentum_dtype, case.gradient_dtype} != {"float64"}
-    compute = np.float32 if stored else np.float64
+    # lion_core's policy: float64 if any operand is, else float32 (low precision is widened)
+    compute = np.dtype(compute_dtype(case.param_dtype, case.gradient_dtype, case.momentum_dtype))
     new_p, new_m = list(params), list(moments)
     for i, g in enumerate(grads):
         if g is None:
@@ -476,9 +477,9 @@ def reference(
 ) -> ReferenceResult:
     """What the case must produce: ``lion_core.reference`` on the problem, as float64 arrays.
 
-    float64 rows run ``reference_lion`` itself. Rows with a lower-precision dtype compute each step
-    in float32 (the rule of ``lion_core.compute_dtype``) and round the parameter and the momentum to
-    their storage dtypes after every step.
+    float64 rows run ``reference_lion`` itself. Other rows compute each step in
+    ``lion_core.compute_dtype`` of their dtypes (float32 unless one is float64) and round the
+    parameter and the momentum to their storage dtypes after every step.
     """
     _check_modelled(case)
     if {case.param_dtype, case.momentum_dtype, case.gradient_dtype} == {"float64"}:

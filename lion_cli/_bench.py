@@ -197,7 +197,8 @@ def _bench_panels(result: BenchResult) -> list[tuple[str, str, list[str], list[f
             if label_columns:
                 label = " / ".join(row[i] for i in label_columns if i < len(row))
             else:
-                label = " / ".join(c for i, c in enumerate(row) if i not in (column, case) and _number(c) is None)
+                label = " / ".join(c for i, c in enumerate(row)
+                                   if i not in (column, case) and _number(c) is None)
             title = result.name if len(result.tables) == 1 else f"{result.name} ({index + 1})"
             if case is not None and case < len(row):
                 title = f"{title}: {row[case]}"
@@ -213,7 +214,7 @@ def _bar_colour(label: str) -> str:
     lower = label.lower()
     if "roofline" in lower or "prototype" in lower:
         return "0.6"
-    if "lionkit" in lower or "lion_optax" in lower or "lion_torch" in lower or "lion_keras" in lower or "ours" in lower:
+    if any(ours in lower for ours in ("lionkit", "lion_optax", "lion_torch", "lion_keras", "ours")):
         return "C1"
     return "C0"
 

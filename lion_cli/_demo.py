@@ -18,7 +18,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._common import CommandError, figure, install_hint, machine, markdown_table, missing, prepare_out, significant, stamp
+from ._common import (
+    CommandError,
+    figure,
+    install_hint,
+    machine,
+    markdown_table,
+    missing,
+    prepare_out,
+    significant,
+    stamp,
+)
 from .recipe import DEMO_OPTIMIZERS, History, demo_settings
 
 
@@ -85,7 +95,9 @@ def load_backend(name: str) -> Any:
                 f"This lionkit installation has no {backend.module} ({error}): reinstall lionkit"
             ) from error
         extra = "demo" if top in DEMO_REQUIRES else backend.extra
-        raise CommandError(f"The {name} backend cannot run the demo ({error}): " + install_hint(extra)) from error
+        raise CommandError(
+            f"The {name} backend cannot run the demo ({error}): " + install_hint(extra)
+        ) from error
     if not callable(getattr(module, RECIPE, None)):
         raise CommandError(
             f"{backend.module} has no {RECIPE}(optimizer, *, epochs, seed, on_epoch) function: "
@@ -197,10 +209,12 @@ def plot_demo(results: Sequence[DemoResult], path: Path) -> None:
     colours = {"lion": "C1", "adamw": "C0"}
     styles: dict[str, tuple[str, str]] = {}
     for r in results:
-        style, marker = styles.setdefault(r.backend, (("-", "--", ":", "-.")[len(styles) % 4], "osd^"[len(styles) % 4]))
+        slot = len(styles) % 4
+        style, marker = styles.setdefault(r.backend, (("-", "--", ":", "-.")[slot], "osd^"[slot]))
         epochs = np.arange(1, len(r.history.losses) + 1)
-        curves.plot(epochs, r.history.losses, color=colours.get(r.optimizer, "C2"), linestyle=style, marker=marker,
-                    markevery=max(1, len(epochs) // 10), markersize=4, label=f"{r.backend} {r.optimizer}")
+        curves.plot(epochs, r.history.losses, color=colours.get(r.optimizer, "C2"), linestyle=style,
+                    marker=marker, markevery=max(1, len(epochs) // 10), markersize=4,
+                    label=f"{r.backend} {r.optimizer}")
     curves.set_yscale("log")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
@@ -234,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
         available = [n for n in names if not missing(BACKENDS[n].requires)]
         for n in names:
             if n not in available:
-                print(f"lion demo: skipping {n}: not installed; {install_hint(BACKENDS[n].extra)}", file=sys.stderr)
+                print(f"lion demo: skipping {n}: not installed; {install_hint(BACKENDS[n].extra)}",
+                      file=sys.stderr)
         if not available:
             raise CommandError("No backend is installed: " + install_hint("torch") + ", or [keras] or [jax]")
         names = available

@@ -59,17 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which framework to train with (default: all installed ones)")
     demo.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS,
                       help=f"epochs per run (default: {DEMO_EPOCHS})")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the initial weights and batch order (default: 0)")
     demo.add_argument("--out", default="lion-demo",
-                      help="folder for lion-demo.png and lion-demo.md, created if needed (default: lion-demo)")
+                      help="folder for lion-demo.png and lion-demo.md, created if needed "
+                      "(default: lion-demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo.run)
 
     bench = commands.add_parser(
         "bench", help="run the step-time benchmarks installed with lionkit (ours vs the peers)",
-        description="Runs the benchmark scripts of lion_cli.benchmarks (ours vs the peers, one process each), "
-        "prints their markdown tables and writes lion-bench.md and lion-bench.png (step times) to --out. "
-        "Benchmarks whose framework or device is missing are skipped with the reason.",
+        description="Runs the benchmark scripts of lion_cli.benchmarks (ours vs the peers, one process "
+        "each), prints their markdown tables and writes lion-bench.md and lion-bench.png (step times) to "
+        "--out. Benchmarks whose framework or device is missing are skipped with the reason.",
     )
     bench.add_argument("--only", action="append", choices=list(_bench.BENCHMARKS), metavar="NAME",
                        help=f"run only this benchmark (repeatable): {', '.join(_bench.BENCHMARKS)}")
@@ -78,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--benchmarks", metavar="DIR",
                        help="run same-named scripts from this folder instead of the installed ones")
     bench.add_argument("--out", default="lion-bench",
-                       help="folder for lion-bench.md and lion-bench.png, created if needed (default: lion-bench)")
+                       help="folder for lion-bench.md and lion-bench.png, created if needed "
+                       "(default: lion-bench)")
     bench.add_argument("script_args", nargs=argparse.REMAINDER,
                        help="after --, arguments passed to every benchmark script")
     bench.set_defaults(run=_bench.run)

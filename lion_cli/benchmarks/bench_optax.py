@@ -36,7 +36,6 @@ import platform
 import re
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 
 import lion_optax  # noqa: E402
 

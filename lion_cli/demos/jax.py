@@ -30,7 +30,8 @@ def _optimizer(name: str) -> optax.GradientTransformation:
     b1, b2 = settings["betas"]
     if name == "lion":
         return lion_optax.lion(settings["lr"], b1=b1, b2=b2, weight_decay=settings["weight_decay"])
-    return optax.adamw(settings["lr"], b1=b1, b2=b2, eps=settings["eps"], weight_decay=settings["weight_decay"])
+    return optax.adamw(settings["lr"], b1=b1, b2=b2, eps=settings["eps"],
+                       weight_decay=settings["weight_decay"])
 
 
 def _logits(params: list[tuple[jax.Array, jax.Array]], x: jax.Array) -> jax.Array:

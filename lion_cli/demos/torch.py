@@ -101,7 +101,8 @@ def run_recipe(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Trains once and prints the loss of each epoch and the test accuracy."""
-    parser = argparse.ArgumentParser(prog="python -m lion_cli.demos.torch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lion_cli.demos.torch",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=("lion", "adamw"), default="lion")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)

@@ -270,7 +270,8 @@ def test_all_runs_only_the_installed_backends(monkeypatch: pytest.MonkeyPatch, t
     def fake_run_demo(names: list[str], *, epochs: int, seed: int, progress: bool) -> list[_demo.DemoResult]:
         ran.extend(names)
         history = recipe.History([2.0, 1.0], 0.5, 0.1)
-        return [_demo.DemoResult(n, o, recipe.demo_settings(o), history) for n in names for o in recipe.DEMO_OPTIMIZERS]
+        return [_demo.DemoResult(n, o, recipe.demo_settings(o), history)
+                for n in names for o in recipe.DEMO_OPTIMIZERS]
 
     monkeypatch.setattr(_demo, "run_demo", fake_run_demo)
     assert command.main(["demo", "--out", str(tmp_path), "--epochs", "2"]) == 0
@@ -309,7 +310,8 @@ def test_console_script_is_declared() -> None:
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["lion"] == "lion_cli.command:main"
-    assert {"lion_cli", "lion_cli.demos", "lion_cli.benchmarks"} <= set(pyproject["tool"]["setuptools"]["packages"])
+    packages = set(pyproject["tool"]["setuptools"]["packages"])
+    assert {"lion_cli", "lion_cli.demos", "lion_cli.benchmarks"} <= packages
     assert command.main.__module__ == "lion_cli.command"
 
 
@@ -329,7 +331,8 @@ def test_times_are_printed_with_three_significant_digits() -> None:
         "0.0400", "0.0412", "0.500", "1.23", "12.3", "123", "4568"]
     assert _common.significant(0.0) == "0"
     history = recipe.History([2.0, 1.0], 0.5, 0.04)
-    rows = _table_rows(_demo.demo_table([_demo.DemoResult("torch", "lion", recipe.demo_settings("lion"), history)]))
+    result = _demo.DemoResult("torch", "lion", recipe.demo_settings("lion"), history)
+    rows = _table_rows(_demo.demo_table([result]))
     assert rows[0]["seconds"] == "0.0400"
 
 
@@ -353,8 +356,8 @@ def test_bench_runs_the_scripts_and_writes_table_and_plot(
     folder.mkdir()
     (folder / "bench_torch_cpu.py").write_text(FAKE_BENCH)
     out = tmp_path / "out"
-    assert command.main(["bench", "--only", "torch-cpu", "--quick", "--benchmarks", str(folder), "--out", str(out),
-                     "--", "--cases", "a"]) == 0
+    assert command.main(["bench", "--only", "torch-cpu", "--quick", "--benchmarks", str(folder),
+                         "--out", str(out), "--", "--cases", "a"]) == 0
     captured = capsys.readouterr()
     # The script's own output: its smoke-run argument, then the arguments after --.
     assert "['--quick', '--cases', 'a']" in captured.err
@@ -384,8 +387,8 @@ def test_bench_with_a_folder_without_scripts_says_so(
     assert command.main(["bench", "--benchmarks", str(tmp_path / "nowhere")]) == 1
     error = capsys.readouterr().err
     assert error.strip() == (
-        f"lion bench: error: --benchmarks '{tmp_path / 'nowhere'}' is not a folder holding any of the benchmark "
-        "scripts (bench_torch_cpu.py, bench_torch_cuda.py, bench_optax.py); leave --benchmarks out to run "
+        f"lion bench: error: --benchmarks '{tmp_path / 'nowhere'}' is not a folder holding any of the "
+        "benchmark scripts (bench_torch_cpu.py, bench_torch_cuda.py, bench_optax.py); leave --benchmarks out to run "
         "the ones installed with lionkit"
     )
 
@@ -402,7 +405,8 @@ def test_bench_reports_a_failing_script(tmp_path: Path, capsys: pytest.CaptureFi
     folder = tmp_path / "benchmarks"
     folder.mkdir()
     (folder / "bench_optax.py").write_text("import sys\nsys.exit(3)\n")
-    assert command.main(["bench", "--only", "optax", "--benchmarks", str(folder), "--out", str(tmp_path)]) == 1
+    argv = ["bench", "--only", "optax", "--benchmarks", str(folder), "--out", str(tmp_path)]
+    assert command.main(argv) == 1
     assert "lion bench: error: bench_optax.py failed with exit status 3" in capsys.readouterr().err
 
 
@@ -414,7 +418,8 @@ def test_bench_skips_cuda_without_a_device(
     (folder / "bench_torch_cuda.py").write_text("raise SystemExit('must not run')\n")
     monkeypatch.setattr(_bench, "_cuda_available", lambda: False)
     monkeypatch.setattr(_bench, "missing", lambda names: [])
-    assert command.main(["bench", "--only", "torch-cuda", "--benchmarks", str(folder), "--out", str(tmp_path)]) == 1
+    argv = ["bench", "--only", "torch-cuda", "--benchmarks", str(folder), "--out", str(tmp_path)]
+    assert command.main(argv) == 1
     error = capsys.readouterr().err
     assert "lion bench: skipping torch-cuda: no CUDA device" in error
     assert "No benchmark can run here" in error
@@ -434,6 +439,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     """Builds lionkit's wheel from a copy of what pyproject.toml ships (the checkout stays untouched)."""
     import importlib.util
     import shutil
+
     import tomllib
 
     source = tmp_path / "source"
@@ -481,7 +487,7 @@ def test_lion_bench_runs_from_the_wheel_in_an_empty_folder(tmp_path: Path) -> No
          "--", "--cases", "b"], cwd=empty, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert f"-m lion_cli.benchmarks.bench_torch_cpu --quick --cases b" in result.stderr
+    assert "-m lion_cli.benchmarks.bench_torch_cpu --quick --cases b" in result.stderr
     report = (empty / "out" / "lion-bench.md").read_text()
     assert f"python {site / 'lion_cli' / 'benchmarks' / 'bench_torch_cpu.py'} --quick --cases b" in report
     header, rows = _common.parse_markdown_tables(result.stdout)[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lion_core.cli import build_parser
+from lion_cli.command import build_parser
 
 from .blocks import ROOT, Block, all_blocks, blocks
 

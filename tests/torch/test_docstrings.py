@@ -8,10 +8,9 @@ import pytest
 
 import lion_torch._functional
 import lion_torch._optimizer
-import lion_torch.demo
 
 
-@pytest.mark.parametrize("module", [lion_torch._functional, lion_torch._optimizer, lion_torch.demo],
+@pytest.mark.parametrize("module", [lion_torch._functional, lion_torch._optimizer],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -1,10 +1,10 @@
 """``lion demo`` on JAX: an MLP on scikit-learn's digits with ``lion_optax.lion`` or ``optax.adamw``.
 
-The recipe (data split, initial weights, batch order, hyperparameters) is ``lion_core.cli``'s, shared
+The recipe (data split, initial weights, batch order, hyperparameters) is :mod:`lion_cli.recipe`'s, shared
 with the PyTorch and Keras demos. One jitted step per minibatch; the step's compile time is part of
 the reported seconds.
 
-Run it alone with ``python -m lion_optax.demo --optimizer lion --epochs 5``, or through ``lion demo
+Run it alone with ``python -m lion_cli.demos.jax --optimizer lion --epochs 5``, or through ``lion demo
 --backend jax``.
 """
 
@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lion_core.cli import DEMO_EPOCHS, History, demo_batches, demo_data, demo_init, demo_settings
-
 import lion_optax
+from lion_cli._common import significant
+from lion_cli.recipe import DEMO_EPOCHS, History, demo_batches, demo_data, demo_init, demo_settings
 
 
 def _optimizer(name: str) -> optax.GradientTransformation:
@@ -30,7 +30,8 @@ def _optimizer(name: str) -> optax.GradientTransformation:
     b1, b2 = settings["betas"]
     if name == "lion":
         return lion_optax.lion(settings["lr"], b1=b1, b2=b2, weight_decay=settings["weight_decay"])
-    return optax.adamw(settings["lr"], b1=b1, b2=b2, eps=settings["eps"], weight_decay=settings["weight_decay"])
+    return optax.adamw(settings["lr"], b1=b1, b2=b2, eps=settings["eps"],
+                       weight_decay=settings["weight_decay"])
 
 
 def _logits(params: list[tuple[jax.Array, jax.Array]], x: jax.Array) -> jax.Array:
@@ -55,12 +56,12 @@ def run_recipe(
 
     Args:
       optimizer: ``"lion"`` (``lion_optax.lion``) or ``"adamw"`` (``optax.adamw``).
-      epochs: passes over the training split (default ``lion_core.cli.DEMO_EPOCHS``).
+      epochs: passes over the training split (default ``lion_cli.recipe.DEMO_EPOCHS``).
       seed: seeds the initial weights and the batch order (default 0).
       on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch (epochs count from 0).
 
     Example:
-      >>> from lion_optax.demo import run_recipe
+      >>> from lion_cli.demos.jax import run_recipe
       >>> history = run_recipe("lion", epochs=1)
       >>> len(history.losses), 0.0 <= history.accuracy <= 1.0
       (1, True)
@@ -96,14 +97,14 @@ def run_recipe(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Trains once and prints the loss of each epoch and the test accuracy."""
-    parser = argparse.ArgumentParser(prog="python -m lion_optax.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lion_cli.demos.jax", description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=("lion", "adamw"), default="lion")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed,
                     on_epoch=lambda epoch, loss: print(f"epoch {epoch + 1:3d}  loss {loss:.4f}"))
-    print(f"test accuracy {history.accuracy:.3f}  ({history.seconds:.1f} s)")
+    print(f"test accuracy {history.accuracy:.3f}  ({significant(history.seconds)} s)")
 
 
 if __name__ == "__main__":

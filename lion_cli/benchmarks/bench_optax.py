@@ -36,18 +36,14 @@ import platform
 import re
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lion_optax  # noqa: E402
 

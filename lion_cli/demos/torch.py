@@ -1,10 +1,10 @@
 """``lion demo`` on PyTorch: an MLP on scikit-learn's digits with ``lion_torch.Lion`` or ``AdamW``.
 
-The recipe (data split, initial weights, batch order, hyperparameters) is ``lion_core.cli``'s, shared
+The recipe (data split, initial weights, batch order, hyperparameters) is :mod:`lion_cli.recipe`'s, shared
 with the Keras and JAX demos. The data ships with scikit-learn (no download), the seeds are fixed,
 and the default run takes a few seconds on two CPU cores.
 
-Run it alone with ``python -m lion_torch.demo`` (Lion; ``--optimizer adamw`` for the baseline,
+Run it alone with ``python -m lion_cli.demos.torch`` (Lion; ``--optimizer adamw`` for the baseline,
 ``--impl single|foreach|fused`` for an implementation path), or through ``lion demo --backend torch``.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lion_core.cli import DEMO_EPOCHS, History, demo_batches, demo_data, demo_init, demo_settings
+from lion_cli._common import significant
+from lion_cli.recipe import DEMO_EPOCHS, History, demo_batches, demo_data, demo_init, demo_settings
 from lion_torch import Lion
 
 #: The constructor flags of each implementation path; "auto" lets ``Lion`` choose.
@@ -63,13 +64,13 @@ def run_recipe(
 
     Args:
       optimizer: ``"lion"`` (``lion_torch.Lion``) or ``"adamw"`` (``torch.optim.AdamW``).
-      epochs: passes over the training split (default ``lion_core.cli.DEMO_EPOCHS``).
+      epochs: passes over the training split (default ``lion_cli.recipe.DEMO_EPOCHS``).
       seed: seeds the initial weights and the batch order (default 0).
       on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch (epochs count from 0).
       impl: Lion's implementation path, a key of ``IMPLEMENTATIONS`` (default ``"auto"``).
 
     Example:
-      >>> from lion_torch.demo import run_recipe
+      >>> from lion_cli.demos.torch import run_recipe
       >>> history = run_recipe("lion", epochs=1)
       >>> len(history.losses), 0.0 <= history.accuracy <= 1.0
       (1, True)
@@ -100,7 +101,8 @@ def run_recipe(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Trains once and prints the loss of each epoch and the test accuracy."""
-    parser = argparse.ArgumentParser(prog="python -m lion_torch.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lion_cli.demos.torch",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=("lion", "adamw"), default="lion")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed, impl=args.impl,
                          on_epoch=on_epoch)
-    print(f"test accuracy {history.accuracy:.3f}  ({history.seconds:.1f} s)")
+    print(f"test accuracy {history.accuracy:.3f}  ({significant(history.seconds)} s)")
     return 0
 
 

@@ -51,7 +51,6 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels import triton_lion  # noqa: E402
 

@@ -1,6 +1,6 @@
-"""``lion demo`` on Keras 3: an MLP on scikit-learn's digits with ``lion_keras.Lion`` or ``keras.optimizers.AdamW``.
+"""``lion demo`` on Keras 3: an MLP on scikit-learn's digits with ``lion_keras.Lion`` or Keras' ``AdamW``.
 
-The recipe (data split, initial weights, batch order, hyperparameters) is ``lion_core.cli``'s, shared
+The recipe (data split, initial weights, batch order, hyperparameters) is :mod:`lion_cli.recipe`'s, shared
 with the PyTorch and JAX demos; training is ``model.compile`` then ``model.fit``, one call per epoch on
 that epoch's batch order.
 
@@ -9,7 +9,7 @@ that variable (to the first installed of jax, torch, tensorflow) before it impor
 Keras was already imported with another backend than the one asked for, :func:`run_recipe` runs in a
 subprocess with the right ``KERAS_BACKEND``.
 
-Run it alone with ``KERAS_BACKEND=jax python -m lion_keras.demo --optimizer lion --epochs 5``, or
+Run it alone with ``KERAS_BACKEND=jax python -m lion_cli.demos.keras --optimizer lion --epochs 5``, or
 through ``lion demo --backend keras``.
 """
 
@@ -26,9 +26,18 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from lion_core.cli import DEMO_BATCH, DEMO_EPOCHS, DEMO_HIDDEN, History, demo_batches, demo_data, demo_init, demo_settings
-
 import lion_keras
+from lion_cli._common import significant
+from lion_cli.recipe import (
+    DEMO_BATCH,
+    DEMO_EPOCHS,
+    DEMO_HIDDEN,
+    History,
+    demo_batches,
+    demo_data,
+    demo_init,
+    demo_settings,
+)
 
 
 def _optimizer(name: str) -> keras.optimizers.Optimizer:
@@ -42,7 +51,8 @@ def _optimizer(name: str) -> keras.optimizers.Optimizer:
 
 
 def _model(seed: int) -> keras.Model:
-    layers = [keras.layers.Dense(width, activation="relu") for width in DEMO_HIDDEN] + [keras.layers.Dense(10)]
+    layers = [keras.layers.Dense(width, activation="relu") for width in DEMO_HIDDEN]
+    layers.append(keras.layers.Dense(10))
     model = keras.Sequential([keras.Input((64,)), *layers])
     for layer, (kernel, bias) in zip(layers, demo_init(seed)):
         layer.set_weights([kernel, bias])
@@ -61,7 +71,7 @@ def run_recipe(
 
     Args:
       optimizer: ``"lion"`` (``lion_keras.Lion``) or ``"adamw"`` (``keras.optimizers.AdamW``).
-      epochs: passes over the training split (default ``lion_core.cli.DEMO_EPOCHS``).
+      epochs: passes over the training split (default ``lion_cli.recipe.DEMO_EPOCHS``).
       seed: seeds the initial weights and the batch order (default 0).
       on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch (epochs count from 0).
       backend: the Keras backend to train on (``"jax"``, ``"torch"``, ``"tensorflow"``); ``None``
@@ -92,8 +102,8 @@ def run_recipe(
 def _train_in_subprocess(
     optimizer: str, *, epochs: int, seed: int, on_epoch: Callable[[int, float], None] | None, backend: str
 ) -> History:
-    command = [sys.executable, "-m", "lion_keras.demo", "--optimizer", optimizer, "--epochs", str(epochs),
-               "--seed", str(seed), "--json"]
+    command = [sys.executable, "-m", "lion_cli.demos.keras", "--optimizer", optimizer,
+               "--epochs", str(epochs), "--seed", str(seed), "--json"]
     environment = {**os.environ, "KERAS_BACKEND": backend}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment) as process:
         assert process.stdout is not None  # noqa: S101 (Popen was given stdout=PIPE)
@@ -107,13 +117,16 @@ def _train_in_subprocess(
             if "accuracy" in record:
                 result = History(record["losses"], record["accuracy"], record["seconds"])
     if process.returncode != 0 or result is None:
-        raise RuntimeError(f"The Keras demo on the {backend} backend failed (exit status {process.returncode})")
+        raise RuntimeError(
+            f"The Keras demo on the {backend} backend failed (exit status {process.returncode})"
+        )
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Trains once and prints the loss of each epoch and the test accuracy (``--json``: JSON lines)."""
-    parser = argparse.ArgumentParser(prog="python -m lion_keras.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lion_cli.demos.keras",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=("lion", "adamw"), default="lion")
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
@@ -121,14 +134,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def report(epoch: int, loss: float) -> None:
-        text = json.dumps({"epoch": epoch, "loss": loss}) if args.json else f"epoch {epoch + 1:3d}  loss {loss:.4f}"
+        record = {"epoch": epoch, "loss": loss}
+        text = json.dumps(record) if args.json else f"epoch {epoch + 1:3d}  loss {loss:.4f}"
         print(text, flush=True)
 
     history = run_recipe(args.optimizer, epochs=args.epochs, seed=args.seed, on_epoch=report)
     if args.json:
         print(json.dumps(history._asdict()), flush=True)
     else:
-        print(f"test accuracy {history.accuracy:.3f}  ({history.seconds:.1f} s, Keras on {keras.backend.backend()})")
+        print(f"test accuracy {history.accuracy:.3f}  "
+              f"({significant(history.seconds)} s, Keras on {keras.backend.backend()})")
 
 
 if __name__ == "__main__":

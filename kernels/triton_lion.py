@@ -62,7 +62,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import operator
@@ -267,6 +266,7 @@ def _build_addresses(pointers: Sequence[int], device: torch.device) -> _Addresse
 
 
 _modules: dict[bool, ModuleType] = {}
+_interpreter_lock = threading.Lock()
 
 
 def _kernel_module(interpret: bool) -> ModuleType:
@@ -480,8 +480,9 @@ class _Launch:
         self.kernel, self.grid, self.arguments, self.device, self.counts = kernel, grid, arguments, device, counts
 
     def _guard(self) -> Any:
-        # Triton launches on the current device.
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        # Triton launches on the current device. The interpreter patches triton.language while it
+        # runs, so two threads must not interpret at once: interpreted launches take turns.
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else _interpreter_lock
 
     def count(self) -> None:
         with self._guard():

@@ -93,7 +93,7 @@ _ABI = 2
 #: Elements per work item. Large enough that each item is a long streaming loop, small enough that
 #: two threads split a 2M-element group evenly.
 _CHUNK = 1 << 16
-_REMEDY = "reinstall lionkit with a C compiler present (pip install --force-reinstall lionkit)"
+_REMEDY = "reinstall lionkit with a C compiler present: pip install --force-reinstall --no-cache-dir lionkit"
 
 #: The (param, grad, momentum) dtype triples the C source implements, as ``_contract.triple_code``
 #: numbers them (which the C source's KIND_* constants equal).

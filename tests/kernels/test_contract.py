@@ -54,7 +54,7 @@ def _tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.tensor(np.asarray(x, dtype=np.float64)).to(TORCH[dtype])
 
 
-def _run(kernel: Any, case: cases.Case, problem: cases.Problem) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _run(kernel: Any, case: cases.Case, problem: cases.Problem) -> tuple[list, list]:
     """The translator: one ``lion_`` call per step over the parameters that have a gradient."""
     params = [_tensor(x, case.param_dtype) for x in problem.init]
     momenta = [torch.zeros(p.shape, dtype=TORCH[case.momentum_dtype]) for p in params]
@@ -111,7 +111,8 @@ def test_found_inf_writes_nothing_and_grad_scale_unscales(kernel):
     before = p.clone()
     assert kernel.lion_([p], [g], [m], **HYPER, found_inf=torch.tensor(1.0)) == []
     assert torch.equal(p, before) and not m.any()
-    scaled = kernel.lion_([p], [g * 1024], [m], **HYPER, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0))
+    scaled = kernel.lion_([p], [g * 1024], [m], **HYPER, grad_scale=torch.tensor(1024.0),
+                          found_inf=torch.tensor(0.0))
     q, n = before.clone(), torch.zeros(50)
     kernel.lion_([q], [g], [n], **HYPER)
     assert scaled == [] and torch.equal(p, q) and torch.equal(m, n)

@@ -144,7 +144,8 @@ def test_without_cuda_the_reason_names_the_remedy(monkeypatch):
 
 def test_missing_or_broken_triton_never_kills_the_program(monkeypatch):
     monkeypatch.setattr(triton_lion, "_triton_found", False)
-    assert triton_lion.unavailable_reason() == "Triton is not installed (pip install triton, or pass fused=False)"
+    expected = "Triton is not installed (pip install triton, or pass fused=False)"
+    assert triton_lion.unavailable_reason() == expected
     monkeypatch.setattr(triton_lion, "_triton_error", "Triton does not import (ImportError: broken)")
     with pytest.raises(KernelError, match=r"Triton does not import \(ImportError: broken\)"):
         triton_lion.lion_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], **HYPER)

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import operator
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -246,24 +247,26 @@ class TableCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self._lock = threading.Lock()  # two threads stepping at once share the cache
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._pinned: set[Hashable] = set()
 
     def get(self, key: Hashable, build: Callable[[], Any], *, pin: bool = False) -> Any:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-        else:
-            self.misses += 1
-            entry = build()
-            self._entries[key] = entry
-            self._evict()
-        if pin:
-            self._pinned.add(key)
-        return entry
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+                entry = build()
+                self._entries[key] = entry
+                self._evict()
+            if pin:
+                self._pinned.add(key)
+            return entry
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries

@@ -194,7 +194,9 @@ def bulk_plain(
             return None
         if not all(map(torch.Tensor.is_contiguous, everything)):
             return None
-        if any(map(torch.Tensor.is_neg, everything)) or any(map(torch.Tensor.is_conj, everything)):
+        # A lazily negated real tensor (``x.conj().imag``) would be read without its sign. (The
+        # conjugate bit exists only on complex tensors, which the dtype check below refuses.)
+        if any(map(torch.Tensor.is_neg, everything)):
             return None
     except RuntimeError:
         return None

@@ -38,7 +38,7 @@ Scalar = Union[float, Tensor]
 FUSED_BY_DEFAULT: frozenset[str] = frozenset({"cuda", "cpu"})
 
 #: The kernel module for each device type that has one. Imported lazily, on the fused path only.
-KERNEL_MODULES: dict[str, str] = {"cpu": "kernels.cpu_lion", "cuda": "kernels.triton_lion"}
+KERNEL_MODULES: dict[str, str] = {"cpu": "lion_kernels.cpu_lion", "cuda": "lion_kernels.triton_lion"}
 
 #: Elements per batch of the CPU foreach path: the arrays and temporaries of one batch stay in cache
 #: (1 MiB per float32 array), so the six foreach ops read p, g, m from memory about once, and the

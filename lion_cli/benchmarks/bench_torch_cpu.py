@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 
-from kernels import cpu_lion  # noqa: E402
+from lion_kernels import cpu_lion  # noqa: E402
 
 LR, BETAS, WEIGHT_DECAY = 1e-4, (0.9, 0.99), 0.1
 BYTES_PER_PARAM = 20
@@ -103,8 +103,8 @@ def _our_factories() -> dict[str, Callable[[list[torch.nn.Parameter]], Any]]:
         ours["lionkit Lion(fused=True)"] = lambda ps: Lion(ps, **hyper, fused=True)
         ours["lionkit Lion(foreach=True)"] = lambda ps: Lion(ps, **hyper, foreach=True, fused=False)
         ours["lionkit Lion single-tensor"] = lambda ps: Lion(ps, **hyper, foreach=False, fused=False)
-    if cpu_lion.available():
-        ours["lionkit kernels.cpu_lion.lion_ (no optimizer)"] = _KernelOnly
+    if cpu_lion.unavailable_reason() is None:
+        ours["lionkit lion_kernels.cpu_lion.lion_ (no optimizer)"] = _KernelOnly
     return ours
 
 
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {_cpu_model()}, "
           f"{torch.get_num_threads()} torch threads, python {platform.python_version()}")
-    print(f"# {_versions()}; cpu_lion kernel available: {cpu_lion.available()}")
+    print(f"# {_versions()}; cpu_lion kernel: {cpu_lion.unavailable_reason() or 'available'}")
     print(f"# load average before: {_load()} (other processes on the machine slow every row)")
     rows = []
     for case in args.cases.split(","):

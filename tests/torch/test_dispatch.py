@@ -65,8 +65,8 @@ class FakeKernel(types.ModuleType):
 
 @pytest.fixture
 def fake_cpu(monkeypatch):
-    kernel = FakeKernel("kernels.cpu_lion")
-    monkeypatch.setitem(sys.modules, "kernels.cpu_lion", kernel)
+    kernel = FakeKernel("lion_kernels.cpu_lion")
+    monkeypatch.setitem(sys.modules, "lion_kernels.cpu_lion", kernel)
     return kernel
 
 
@@ -139,7 +139,7 @@ def test_cpu_default_falls_back_to_foreach_without_a_kernel(spies, fake_cpu):
 
 
 def test_fused_without_a_runnable_kernel_fails_at_construction_with_the_remedy(monkeypatch):
-    monkeypatch.setitem(sys.modules, "kernels.cpu_lion", FakeKernel("kernels.cpu_lion", runs=False))
+    monkeypatch.setitem(sys.modules, "lion_kernels.cpu_lion", FakeKernel("lion_kernels.cpu_lion", runs=False))
     with pytest.raises(ImportError, match=REMEDY):
         Lion([torch.zeros(2, requires_grad=True)], fused=True)
 
@@ -152,7 +152,7 @@ def test_fused_on_a_device_without_a_kernel_is_refused():
 
 
 def test_kernel_available_never_raises(monkeypatch):
-    monkeypatch.setitem(functional.KERNEL_MODULES, "cpu", "kernels.no_such_kernel")
+    monkeypatch.setitem(functional.KERNEL_MODULES, "cpu", "lion_kernels.no_such_kernel")
     assert functional.kernel_available("cpu") is False
     assert functional.kernel_available("meta") is False
 

@@ -169,3 +169,24 @@ def test_complex_state_has_optax_structure():
     theirs = optax.lion(optax.linear_schedule(0.1, 0.0, 10), weight_decay=0.1, mask=mask).init(params)
     assert jax.tree.structure(ours) == jax.tree.structure(theirs)
     assert _dtypes(ours) == _dtypes(theirs)
+
+
+@pytest.mark.parametrize("wrapper", ["multi_steps", "apply_if_finite", "inject_hyperparams"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_optax_wrappers_that_branch_on_the_step(wrapper, dtype):
+    """optax's own wrappers put the update in one branch of a lax.cond: they must trace and keep types."""
+    params, grads = _problem(dtype)
+    if wrapper == "multi_steps":
+        tx = optax.MultiSteps(lion_optax.lion(1e-2), every_k_schedule=2)
+    elif wrapper == "apply_if_finite":
+        tx = optax.apply_if_finite(lion_optax.lion(1e-2), max_consecutive_errors=2)
+    else:
+        tx = optax.inject_hyperparams(lion_optax.lion)(learning_rate=1e-2)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for g in grads:
+        updates, new_state = update(g, state, params)
+        assert _dtypes(updates) == _dtypes(params)
+        assert _dtypes(new_state) == _dtypes(state)
+        params, state = optax.apply_updates(params, updates), new_state
+    assert update._cache_size() == 1

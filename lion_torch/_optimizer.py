@@ -76,7 +76,8 @@ def _check_options(options: Mapping[str, Any]) -> None:
 def _max_lr(group: Mapping[str, Any]) -> Any:
     """The group's ``max_lr`` under ``lion_core.resolve_max_lr``: a tensor lr counts as its value now."""
     lr = group["lr"]
-    return lion_core.resolve_max_lr(group["max_lr"], float(lr) if isinstance(lr, Tensor) else lr, lr_name="lr")
+    initial = float(lr) if isinstance(lr, Tensor) else lr
+    return lion_core.resolve_max_lr(group["max_lr"], initial, lr_name="lr")
 
 
 def _momentum_dtype(param: Tensor, group: Mapping[str, Any]) -> torch.dtype:

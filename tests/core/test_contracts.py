@@ -33,7 +33,8 @@ def test_resolve_max_lr_names_the_learning_rate_the_user_passed_and_what_to_pass
 
 @pytest.mark.parametrize("max_lr", [0.0, -1.0, float("inf"), float("nan")])
 def test_resolve_max_lr_refuses_a_given_max_lr_out_of_range(max_lr):
-    with pytest.raises(ValueError, match=_message(f"Invalid `max_lr`: expected 0 < max_lr < inf. Received: max_lr={max_lr!r}")):
+    expected = f"Invalid `max_lr`: expected 0 < max_lr < inf. Received: max_lr={max_lr!r}"
+    with pytest.raises(ValueError, match=_message(expected)):
         lc.resolve_max_lr(max_lr, 1e-3)
 
 

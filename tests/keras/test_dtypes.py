@@ -54,4 +54,5 @@ def test_momentum_dtype_and_numbers(dtype, momentum_dtype):
     atol = momentum_atol(grads)
     for i, (p, m) in enumerate(zip(values(variables), momenta(optimizer))):
         assert_exact(p, ps[i], what=f"param {i}")
-        assert_close(m, ms[i], rtol=ULP[stored] if stored != "float32" else 0.0, atol=atol, what=f"momentum {i}")
+        rtol = 0.0 if stored == "float32" else ULP[stored]
+        assert_close(m, ms[i], rtol=rtol, atol=atol, what=f"momentum {i}")

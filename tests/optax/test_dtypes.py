@@ -45,7 +45,8 @@ def _problem(dtype: str, seed: int = 0) -> tuple[dict, list[dict]]:
     rng = np.random.default_rng(seed)
     params = {k: jnp.asarray(rng.standard_normal(s), dtype) for k, s in SHAPES.items()}
     grads = [
-        {k: jnp.asarray(rng.uniform(0.5, 1.5, s) * rng.choice([-1.0, 1.0], s), dtype) for k, s in SHAPES.items()}
+        {k: jnp.asarray(rng.uniform(0.5, 1.5, s) * rng.choice([-1.0, 1.0], s), dtype)
+         for k, s in SHAPES.items()}
         for _ in range(STEPS)
     ]
     return params, grads

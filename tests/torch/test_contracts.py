@@ -42,8 +42,8 @@ def test_default_momentum_has_the_parameters_dtype_on_every_path(path, dtype):
         opt.step()
     assert [m.dtype for m in momenta(opt, params)] == [dtype] * 3
     stored = [[tensor(g, dtype).double().numpy() for g in step] for step in grads]
-    expected_p, expected_m = reference_stored(init, stored, param_dtypes=[dtype] * 3, momentum_dtypes=[dtype] * 3,
-                                              lr=0.01, weight_decay=0.1)
+    expected_p, expected_m = reference_stored(init, stored, param_dtypes=[dtype] * 3,
+                                              momentum_dtypes=[dtype] * 3, lr=0.01, weight_decay=0.1)
     for i, (p, m) in enumerate(zip(params, momenta(opt, params))):
         # float32 arithmetic in another order can round differently by one ulp of the storage dtype.
         ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
@@ -134,7 +134,8 @@ def test_zero_lr_with_decouple_lr_is_refused_in_add_param_group():
     q = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match=_message(ZERO_LR)):
         opt.add_param_group({"params": [q], "lr": 0.0})
-    with pytest.raises(ValueError, match=_message("Invalid `max_lr`: expected 0 < max_lr < inf. Received: max_lr=0.0")):
+    zero_max_lr = "Invalid `max_lr`: expected 0 < max_lr < inf. Received: max_lr=0.0"
+    with pytest.raises(ValueError, match=_message(zero_max_lr)):
         opt.add_param_group({"params": [q], "max_lr": 0.0})
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["max_lr"] == 0.1
 

@@ -28,8 +28,8 @@ def momentum_dtype(param_dtype: str, requested: str | None = None) -> str:
     momentum's small increments at two more bytes per element (with ``beta2 = 0.99`` a step moves
     the momentum by 1% of ``g - m``; bfloat16's 8 significant bits space values 0.4-0.8% apart, so
     the step is rounded away while ``g`` stays within about 20-40% of ``m``); ``"bfloat16"`` halves
-    the optimizer's memory for a float32 model. Complex parameters
-    keep a momentum of their own dtype: Lion treats them as pairs of reals.
+    the optimizer's memory for a float32 model. Complex parameters keep a momentum of their own
+    dtype: Lion treats them as pairs of reals.
 
     Args:
       param_dtype: the parameter's dtype name, e.g. ``"float32"``.

@@ -10,8 +10,9 @@ from typing import Final
 
 from ._validation import check_momentum_dtype, incompatible
 
-#: Parameter dtypes whose momentum defaults to float32: their 8-bit mantissas (bfloat16) or narrow
-#: exponent (float16) would round ``(1 - beta2) * g`` away for small gradients.
+#: Parameter dtypes for which a float32 momentum (``momentum_dtype="float32"``) is worth its memory:
+#: with 8 bits of mantissa (bfloat16) or a narrow exponent (float16), a momentum of the parameter's
+#: dtype rounds ``(1 - beta2) * g`` to a coarse grid. The default is still the parameter's dtype.
 LOW_PRECISION: Final = frozenset({"bfloat16", "float16"})
 
 _COMPLEX_PARTS: Final = {"complex64": "float32", "complex128": "float64"}
@@ -20,10 +21,15 @@ _COMPLEX_PARTS: Final = {"complex64": "float32", "complex128": "float64"}
 def momentum_dtype(param_dtype: str, requested: str | None = None) -> str:
     """Returns the dtype to store a parameter's momentum in.
 
-    By default the momentum has the parameter's dtype, except that bfloat16 and float16 parameters
-    keep a float32 momentum. A ``requested`` dtype overrides that (``"bfloat16"`` halves the
-    optimizer's memory for float32 models at some cost in accuracy). Complex parameters keep a
-    momentum of their own dtype: Lion treats them as pairs of reals.
+    By default the momentum has the parameter's dtype, as every host keeps its optimizers' state
+    (``optax``'s ``mu_dtype=None``, ``torch.zeros_like`` in ``torch.optim``, Keras'
+    ``add_variable_from_reference``), so a model cast to bfloat16 gets the memory it counts on. A
+    ``requested`` dtype overrides that: ``"float32"`` for a ``LOW_PRECISION`` parameter keeps the
+    momentum's small increments at two more bytes per element (with ``beta2 = 0.99`` a step moves
+    the momentum by 1% of ``g - m``; bfloat16's 8 significant bits space values 0.4-0.8% apart, so
+    the step is rounded away while ``g`` stays within about 20-40% of ``m``); ``"bfloat16"`` halves
+    the optimizer's memory for a float32 model. Complex parameters keep a momentum of their own
+    dtype: Lion treats them as pairs of reals.
 
     Args:
       param_dtype: the parameter's dtype name, e.g. ``"float32"``.
@@ -41,9 +47,7 @@ def momentum_dtype(param_dtype: str, requested: str | None = None) -> str:
                 f"parameter's dtype. Received: momentum_dtype={requested!r} for a {param_dtype} parameter"
             )
         return param_dtype
-    if requested is not None:
-        return requested
-    return "float32" if param_dtype in LOW_PRECISION else param_dtype
+    return param_dtype if requested is None else requested
 
 
 def compute_dtype(*dtypes: str) -> str:

@@ -58,6 +58,10 @@ def concrete_scalar(value: object, name: str) -> float | None:
     shape = getattr(value, "shape", None)
     if shape is None:
         raise invalid_type(name, expected, value)
+    if "complex" in str(getattr(value, "dtype", "")):
+        # Every host's dtype prints its name ("complex64", "torch.complex64"): refused before any
+        # host's own conversion fails at the first step with its internal text.
+        raise invalid_type(name, f"{expected} (real-valued)", value)
     if math.prod(tuple(shape)) != 1:
         raise invalid_type(name, f"{expected} (one element)", value)
     try:
@@ -149,17 +153,38 @@ def check_momentum_dtype(value: object, name: str = "momentum_dtype") -> str | N
 
 
 def resolve_max_lr(max_lr: Any, learning_rate: Any, *, lr_name: str = "learning_rate") -> Any:
-    """Returns the peak learning rate for fully decoupled weight decay.
+    """Returns the peak learning rate for fully decoupled weight decay: one policy for every adapter.
 
-    That is ``max_lr`` when given, else a constant ``learning_rate``. A schedule (or an array, whose
-    value may change between steps) hides its peak, so ``max_lr`` is then required rather than
-    guessed.
+    The decay factor is ``1 - weight_decay * lr / max_lr``, so the peak must be positive:
+
+    * ``max_lr`` given: it must satisfy ``0 < max_lr < inf`` (``check_max_lr``).
+    * ``max_lr`` not given and a constant learning rate (a real number; PyTorch passes the value a
+      parameter group's lr has when the group is added): that learning rate, which must then be
+      positive. A zero learning rate is refused naming the argument the user passed, and the error
+      says to pass ``max_lr``.
+    * ``max_lr`` not given and a schedule, or an array whose value may change between steps (as
+      ``optax.inject_hyperparams`` passes): refused, since its peak cannot be read at construction;
+      a schedule's first value is often the start of a warm-up, not its peak.
+
+    Raises:
+      ValueError: ``max_lr`` not in (0, inf), or a zero learning rate with no ``max_lr``.
+      TypeError: ``max_lr`` of an unusable type.
+      RuntimeError: a schedule or an array learning rate with no ``max_lr``.
     """
     if max_lr is not None:
         return check_max_lr(max_lr)
     if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
-        return check_max_lr(learning_rate, lr_name)
+        if not 0.0 < float(learning_rate) < math.inf:
+            raise invalid_value(
+                lr_name,
+                f"0 < {lr_name} < inf with `decouple_lr=True` and no `max_lr` (the decay is divided by "
+                f"the peak learning rate, which then defaults to {lr_name}); to start from "
+                f"{lr_name}={learning_rate!r}, pass max_lr=<the peak learning rate>",
+                learning_rate,
+            )
+        return learning_rate
     raise incompatible(
         f"`max_lr` is required with `decouple_lr=True` when `{lr_name}` is a schedule or an array, "
-        f"whose peak cannot be read at construction. Received: {lr_name}={learning_rate!r}, max_lr=None"
+        f"whose peak cannot be read at construction: pass max_lr=<the peak learning rate>. "
+        f"Received: {lr_name}={learning_rate!r}, max_lr=None"
     )

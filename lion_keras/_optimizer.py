@@ -50,13 +50,6 @@ def _as_weight_decay(value: Any) -> float | None:
     return value if number is None else number
 
 
-def _initial_learning_rate(value: Any) -> float:
-    """The learning rate at step 0: fully decoupled weight decay's default ``max_lr``."""
-    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
-        return float(value(0))
-    return float(value() if callable(value) else value)
-
-
 def _serialize_hyperparameter(value: Any) -> Any:
     if callable(value):
         return keras.saving.serialize_keras_object(value)
@@ -123,17 +116,21 @@ class Lion(keras.optimizers.Optimizer):
       decouple_lr: keyword-only. Fully decoupled weight decay: multiply variables by
         :math:`1 - \lambda \eta / \eta_\text{max}`, so the decay follows the schedule's shape but not
         the learning rate's size. Defaults to ``False``.
-      max_lr: keyword-only. :math:`\eta_\text{max}` for ``decouple_lr=True``; defaults to the learning
-        rate at step 0.
+      max_lr: keyword-only. :math:`\eta_\text{max}` for ``decouple_lr=True``; defaults to
+        ``learning_rate`` when that is a number (which must then be positive), and is required with a
+        schedule or a callable, whose peak cannot be read at construction
+        (``lion_core.resolve_max_lr``).
       momentum_dtype: keyword-only. The dtype to keep the momentum in (``"float32"``,
-        ``"bfloat16"``, ...); ``None`` keeps the variable's dtype, except float32 for float16 and
-        bfloat16 variables. Defaults to ``None``.
+        ``"bfloat16"``, ...); ``None`` keeps the variable's dtype, as Keras' own optimizers do.
+        ``"float32"`` for bfloat16 or float16 variables keeps the momentum's small increments at
+        two more bytes per element (see ``lion_core.momentum_dtype``). Defaults to ``None``.
       **kwargs: passed to ``keras.optimizers.Optimizer``.
 
     Raises:
       ValueError, TypeError: a hyperparameter is out of range or of the wrong type (from
         ``lion_core``, naming the argument as it is spelled here).
-      RuntimeError: ``max_lr`` without ``decouple_lr=True``.
+      RuntimeError: ``max_lr`` without ``decouple_lr=True``, or ``decouple_lr=True`` with a schedule
+        and no ``max_lr``.
 
     Example:
       >>> import numpy as np, keras, lion_keras
@@ -178,9 +175,8 @@ class Lion(keras.optimizers.Optimizer):
         lion_core.check_bool(cautious, "cautious")
         lion_core.check_decoupling(decouple_lr, max_lr)
         lion_core.check_momentum_dtype(momentum_dtype)
-        if decouple_lr and max_lr is None:
-            max_lr = _initial_learning_rate(learning_rate)
-            lion_core.check_max_lr(max_lr)
+        if decouple_lr:
+            max_lr = lion_core.resolve_max_lr(max_lr, learning_rate, lr_name="learning_rate")
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,

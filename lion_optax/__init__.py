@@ -2,7 +2,7 @@
 
 ``lion_optax.lion`` takes ``optax.lion``'s arguments, with the same defaults, and returns the same
 numbers for float32 parameters, so swapping the import is enough. It adds keyword-only variants
-(``cautious``, ``decouple_lr``/``max_lr``) and keeps a float32 momentum for bfloat16 parameters.
+(``cautious``, ``decouple_lr``/``max_lr``); the momentum and the updates keep optax's dtypes.
 
 Example (README-ready; ``tests/optax/test_example.py`` runs it):
 

@@ -45,11 +45,46 @@ def _from_real_pairs(x: jax.Array, dtype: Any) -> jax.Array:
     return jax.lax.complex(x[..., 0], x[..., 1]).astype(dtype)
 
 
+def _per_component(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` with each complex leaf seen as (real, imag) pairs; real leaves pass unchanged.
+
+    Lion's policy treats a complex number as a pair of reals. optax's pieces multiply a complex
+    array by a real scalar promoted to complex, and a complex product spreads a NaN in one
+    component to both: ``-lr * (nan + 0j)`` is ``nan + nanj``, where per component it is
+    ``nan + 0j``, as lion_torch and lion_core's reference give. ``inner``'s state is built the same
+    way, so it is the state optax's own piece would have.
+    """
+
+    def split(tree: Any) -> Any:
+        return jax.tree.map(lambda x: _real_pairs(x, jnp.real(x).dtype) if jnp.iscomplexobj(x) else x, tree)
+
+    def init_fn(params: optax.Params) -> optax.OptState:
+        return inner.init(split(params))
+
+    def update_fn(
+        updates: optax.Updates, state: optax.OptState, params: Optional[optax.Params] = None
+    ) -> tuple[optax.Updates, optax.OptState]:
+        new, state = inner.update(split(updates), state, None if params is None else split(params))
+        # The pairs' real dtype is what optax gives a complex leaf's parts (f32 -> complex64).
+        merged = jax.tree.map(
+            lambda u, n: jax.lax.complex(n[..., 0], n[..., 1]) if jnp.iscomplexobj(u) else n, updates, new
+        )
+        return merged, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _lion_leaf(
     grad: jax.Array, mu: jax.Array, *, b1: Any, b2: Any, cautious: bool
 ) -> tuple[jax.Array, jax.Array]:
-    """Direction and next momentum for one array, in ``lion_core.compute_dtype``; ``mu`` keeps its dtype."""
+    """Direction and next momentum for one array, computed in ``lion_core.compute_dtype``.
+
+    The direction comes back in the dtype ``optax.scale_by_lion`` returns, that of
+    ``(1 - b1) * grad + b1 * mu``, so the chain after it (and ``lax.cond`` around it) sees the dtypes
+    it would with optax; ``mu`` keeps its own dtype.
+    """
     mu_dtype = jnp.result_type(mu)
+    out_dtype = jnp.result_type(grad, mu, b1)
     work = jnp.dtype(lion_core.compute_dtype(jnp.result_type(grad).name, mu_dtype.name))
     is_complex = jnp.iscomplexobj(grad) or jnp.iscomplexobj(mu)
     if is_complex:
@@ -60,10 +95,10 @@ def _lion_leaf(
     direction = lion_core.lion_direction(m, g, beta1=b1, cautious=cautious, grad_first=True, xp=jnp)
     new_mu = lion_core.next_momentum(m, g, beta2=b2, grad_first=True)
     if is_complex:
-        return _from_real_pairs(direction, jnp.result_type(grad, mu)), _from_real_pairs(new_mu, mu_dtype)
+        return _from_real_pairs(direction, out_dtype), _from_real_pairs(new_mu, mu_dtype)
     # Rounding to mu's own dtype every step keeps the state's dtype fixed from init on, so a jitted
-    # step does not retrace and a lax.scan carry keeps its type.
-    return direction, new_mu.astype(mu_dtype)
+    # step does not retrace, and a lax.scan carry or a lax.cond branch keeps its type.
+    return direction.astype(out_dtype), new_mu.astype(mu_dtype)
 
 
 def scale_by_lion(
@@ -88,17 +123,20 @@ def scale_by_lion(
     ``sign(0) = 0``; a NaN or infinite :math:`c_t` gives a NaN update (``optax.scale_by_lion`` maps
     an infinite :math:`c_t` to :math:`\pm 1`); complex arrays take the sign of each component
     (``optax`` divides by the modulus). The arithmetic runs in float32 at least, whatever the input
-    dtypes, and the momentum is rounded once to its own dtype when stored; optax multiplies
-    bfloat16 operands in bfloat16, so with bfloat16 gradients or momenta the two differ in the last
-    bits (float32 results are identical).
+    dtypes; the momentum is rounded once to its own dtype when stored, and the direction is
+    returned in the dtype ``optax.scale_by_lion`` returns for the same inputs (the gradients' dtype
+    with the default ``mu_dtype``), so the state's and the updates' dtypes are stable across steps
+    and under ``jax.lax.cond``. optax multiplies bfloat16 operands in bfloat16, so with bfloat16
+    gradients or momenta the momenta differ in the last bits (float32 results are identical).
 
     Args:
       b1: the interpolation coefficient of the direction, :math:`\beta_1` (default 0.9).
       b2: the decay rate of the momentum, :math:`\beta_2` (default 0.99).
       mu_dtype: the dtype to store the momentum in. ``None`` (the default) keeps each parameter's
-        dtype, except float32 for bfloat16 and float16 parameters (``lion_core.momentum_dtype``;
-        ``optax.scale_by_lion`` keeps bfloat16 there). The momentum keeps this dtype from ``init``
-        on, whatever the gradients' dtype.
+        dtype, as ``optax.scale_by_lion`` does (``lion_core.momentum_dtype``); ``jnp.float32`` for
+        bfloat16 or float16 parameters keeps the momentum's small increments at two more bytes per
+        element, and then the updates come back in float32, as optax's do. The momentum keeps its
+        dtype from ``init`` on, whatever the gradients' dtype.
       cautious: zero the entries whose sign disagrees with the gradient and rescale the rest of each
         array by :math:`n / n_\text{kept}` (Liang et al. 2024). The rescaling is a mean over the
         whole array: across devices, a collective.
@@ -186,8 +224,10 @@ def lion(
 
     which is ``optax.chain(scale_by_lion(b1, b2, mu_dtype), optax.add_decayed_weights(weight_decay,
     mask), optax.scale_by_learning_rate(learning_rate))``: optax's own pieces after the direction, in
-    ``optax.lion``'s order, so float32 results are bit-identical to ``optax.lion``'s. The default
-    weight decay is optax's, 1e-3 (PyTorch Lions default to 0).
+    ``optax.lion``'s order, so float32 results are bit-identical to ``optax.lion``'s, and the updates
+    and the state have ``optax.lion``'s dtypes. The pieces see a complex parameter as (real, imag)
+    pairs, so a NaN direction in one component leaves the other alone. The default weight decay is
+    optax's, 1e-3 (PyTorch Lions default to 0).
 
     With ``decouple_lr=True`` the decay follows the schedule's shape but not its size,
     :math:`p_t = p_{t-1} - \eta_t \operatorname{sign}(c_t) - \lambda (\eta_t / \eta_\text{max}) p_{t-1}`,
@@ -198,8 +238,8 @@ def lion(
       learning_rate: a number or an optax schedule (a function of the step count).
       b1: the interpolation coefficient of the direction, :math:`\beta_1` (default 0.9).
       b2: the decay rate of the momentum, :math:`\beta_2` (default 0.99).
-      mu_dtype: the momentum's dtype; ``None`` (the default) keeps each parameter's dtype, except
-        float32 for bfloat16 and float16 parameters. See ``scale_by_lion``.
+      mu_dtype: the momentum's dtype; ``None`` (the default) keeps each parameter's dtype, as
+        ``optax.lion`` does. See ``scale_by_lion``.
       weight_decay: the decoupled weight decay :math:`\lambda`, a number or a schedule (default 1e-3).
       mask: which parameters to decay: a pytree of bools shaped like (a prefix of) the parameters, or
         a function of the parameters returning one, as for ``optax.add_decayed_weights``. ``None``
@@ -245,8 +285,11 @@ def lion(
     decay = weight_decay
     if decouple_lr:
         decay = _fully_decoupled(weight_decay, lion_core.resolve_max_lr(max_lr, learning_rate))
+    # optax.add_decayed_weights(decay, mask) is masked(add_decayed_weights(decay), mask): the same,
+    # with the mask applied to the parameters as the user passed them, complex or not.
+    decayed_weights = _per_component(optax.add_decayed_weights(decay))
     return optax.chain(
         direction,
-        optax.add_decayed_weights(decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+        decayed_weights if mask is None else optax.masked(decayed_weights, mask),
+        _per_component(optax.scale_by_learning_rate(learning_rate)),
     )

@@ -47,23 +47,37 @@ def _check_not_callable(value: object, name: str) -> None:
         )
 
 
+def _check_has_value(value: object, name: str) -> None:
+    # A meta tensor has no value: torch would fail at the first step, with its own internal text.
+    if isinstance(value, Tensor) and value.device.type == "meta":
+        raise lion_core.invalid_value(name, "a real number or a one-element tensor with a value "
+                                      "(not on the meta device)", value)
+
+
 def _check_options(options: Mapping[str, Any]) -> None:
     """Validates the hyperparameters and flags of the constructor or of one parameter group."""
     betas = lion_core.check_betas(options["betas"], "betas")
     for name, value in (("lr", options["lr"]), ("betas[0]", betas[0]), ("betas[1]", betas[1]),
-                        ("weight_decay", options["weight_decay"])):
+                        ("weight_decay", options["weight_decay"]), ("max_lr", options["max_lr"])):
         _check_not_callable(value, name)
+        _check_has_value(value, name)
     lion_core.check_learning_rate(options["lr"], "lr")
     lion_core.check_weight_decay(options["weight_decay"], "weight_decay")
     lion_core.check_bool(options["cautious"], "cautious")
     lion_core.check_bool(options["maximize"], "maximize")
-    _check_not_callable(options["max_lr"], "max_lr")
     lion_core.check_decoupling(options["decouple_lr"], options["max_lr"])
     lion_core.check_momentum_dtype(_momentum_dtype_name(options["momentum_dtype"]))
     foreach = lion_core.check_optional_bool(options["foreach"], "foreach")
     fused = lion_core.check_optional_bool(options["fused"], "fused")
     if foreach and fused:
         _choose((), foreach, fused)  # raises the combination error
+
+
+def _max_lr(group: Mapping[str, Any]) -> Any:
+    """The group's ``max_lr`` under ``lion_core.resolve_max_lr``: a tensor lr counts as its value now."""
+    lr = group["lr"]
+    initial = float(lr) if isinstance(lr, Tensor) else lr
+    return lion_core.resolve_max_lr(group["max_lr"], initial, lr_name="lr")
 
 
 def _momentum_dtype(param: Tensor, group: Mapping[str, Any]) -> torch.dtype:
@@ -113,13 +127,15 @@ class Lion(Optimizer):
       decouple_lr: fully decoupled weight decay, :math:`1 - \lambda \eta_t / \eta_\text{max}`: the
         decay follows the schedule's shape, not the size of ``lr`` (default: False).
       max_lr: :math:`\eta_\text{max}` for ``decouple_lr``, per parameter group (default: None, meaning
-        the group's lr when the group is added, stored as the group's ``max_lr``;
-        ``OneCycleLR`` overwrites it with its peak, which is the intended meaning). Pass it when a
-        schedule peaks above the initial lr. Only valid with ``decouple_lr=True``.
+        the group's lr when the group is added, stored as the group's ``max_lr``, which must then be
+        positive; ``OneCycleLR`` overwrites it with its peak, which is the intended meaning). Pass it
+        when a schedule peaks above the initial lr, or starts from 0. Only valid with
+        ``decouple_lr=True``.
       maximize: ascend the objective instead of descending it (default: False).
       momentum_dtype: the dtype of ``exp_avg``, a floating ``torch.dtype``, or None for the
-        parameter's dtype, except float32 for bfloat16 and float16 parameters (default: None).
-        Kept across ``load_state_dict``.
+        parameter's dtype, as ``torch.optim`` keeps its state (default: None). ``torch.float32``
+        for bfloat16 or float16 parameters keeps the momentum's small increments at two more bytes
+        per element (see ``lion_core.momentum_dtype``). Kept across ``load_state_dict``.
       foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
         wherever the fused kernel is not the default (default: None). ``foreach=False`` alone
         selects the single-tensor path.
@@ -132,7 +148,9 @@ class Lion(Optimizer):
 
     Raises:
       ValueError, TypeError: an option is out of range or of the wrong type (text from
-        ``lion_core``, naming ``lr``, ``betas[0]``, ``betas[1]``, ``weight_decay``, ``max_lr``, ...).
+        ``lion_core``, naming ``lr``, ``betas[0]``, ``betas[1]``, ``weight_decay``, ``max_lr``, ...),
+        including a complex or meta-device tensor, and a zero lr with ``decouple_lr=True`` and no
+        ``max_lr``.
       RuntimeError: ``foreach=True`` with ``fused=True``; ``max_lr`` without ``decouple_lr``;
         ``momentum_dtype`` for complex parameters.
 
@@ -197,7 +215,7 @@ class Lion(Optimizer):
         """Adds a parameter group, validating its options as the constructor does.
 
         With ``decouple_lr=True`` and no ``max_lr``, the group's current lr is stored as its
-        ``max_lr``.
+        ``max_lr`` (``lion_core.resolve_max_lr``: it must be positive).
         """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -210,11 +228,12 @@ class Lion(Optimizer):
             if group["fused"]:
                 for device_type in sorted(devices):
                     kernel_module(device_type).require()
+            max_lr = _max_lr(group) if group["decouple_lr"] else None
         except Exception:
             self.param_groups.pop()
             raise
-        if group["decouple_lr"] and group["max_lr"] is None:
-            group["max_lr"] = float(group["lr"])
+        if group["decouple_lr"]:
+            group["max_lr"] = max_lr
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -296,9 +315,11 @@ class Lion(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict of this class, of ``lion_pytorch.Lion`` or of the paper's code.
 
-        Unlike ``torch.optim.Optimizer``'s, it keeps each momentum in the dtype this optimizer's
-        policy gives it (float32 for bfloat16 parameters by default) instead of casting it to the
-        parameter's dtype. Options a loaded group lacks keep their current values.
+        Unlike ``torch.optim.Optimizer``'s, it keeps each momentum in the dtype its loaded group asks
+        for (``momentum_dtype``; None means the parameter's) instead of casting it to the
+        parameter's dtype whatever the group says: a float32 momentum saved for a bfloat16
+        parameter with ``momentum_dtype=torch.float32`` comes back exact. Options a loaded group
+        lacks keep their current values.
 
         Raises:
           ValueError: the state is not Lion's (another optimizer's keys, such as Adam's
@@ -325,7 +346,8 @@ class Lion(Optimizer):
             state_dict = {**state_dict, "param_groups": [{**c, **s} for c, s in zip(current, saved_groups)]}
         super().load_state_dict(state_dict)
         # torch.optim.Optimizer cast each momentum to its parameter's dtype; redo it from the saved
-        # tensor with the dtype policy, so a float32 momentum of a bfloat16 parameter stays exact.
+        # tensor with the loaded group's momentum_dtype, so a float32 momentum of a bfloat16
+        # parameter saved with momentum_dtype=torch.float32 stays exact.
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         for param, exp_avg in originals:
             dtype = _momentum_dtype(param, group_of[id(param)])

@@ -6,7 +6,7 @@ Three parameter sets (issue 5), every implementation stepping the same parameter
   device's measured copy bandwidth, and at most 0.75x the time of ``torch.optim.AdamW(fused=True)``.
 * (b) 1,000 float32 tensors of 65,536 elements: launch- and overhead-bound. Goal: at least 3x
   faster than lion-pytorch's Triton path (one launch per tensor).
-* (c) 1B bfloat16 parameters (and gradients) in 16 tensors, lionkit with its default float32 momentum.
+* (c) 1B bfloat16 parameters (and gradients) in 16 tensors, lionkit with a float32 momentum.
 
 Implementations: lionkit's kernel called directly (``lion_kernels.triton_lion.lion_``, no optimizer
 around it), ``lion_torch.Lion(fused=True)``, ``lion_torch.Lion(foreach=True)``,
@@ -101,7 +101,8 @@ def _size(dtype: torch.dtype) -> int:
 
 
 def _lion_state(dtype: torch.dtype) -> int:
-    # lionkit keeps a float32 momentum for bfloat16 and float16 parameters (lion_core.momentum_dtype).
+    # lionkit's rows ask for a float32 momentum for bfloat16 and float16 parameters
+    # (momentum_dtype=torch.float32; the default is the parameter's dtype), as the kernel-only row keeps.
     return 4 if dtype in (torch.bfloat16, torch.float16) else _size(dtype)
 
 
@@ -128,10 +129,11 @@ def _methods() -> list[Method]:
     try:
         from lion_torch import Lion
 
-        methods.append(Method(FUSED, lambda ps: Lion(ps, **hyper, fused=True).step, _lion_state))
+        wide = dict(momentum_dtype=torch.float32)  # what _lion_state counts for low-precision parameters
+        methods.append(Method(FUSED, lambda ps: Lion(ps, **hyper, **wide, fused=True).step, _lion_state))
         methods.append(
-            Method("lionkit Lion(foreach=True)", lambda ps: Lion(ps, **hyper, foreach=True, fused=False).step,
-                   _lion_state)
+            Method("lionkit Lion(foreach=True)",
+                   lambda ps: Lion(ps, **hyper, **wide, foreach=True, fused=False).step, _lion_state)
         )
     except ImportError as error:
         print(f"lion_torch unavailable ({error}): only the kernel row is lionkit's", file=sys.stderr)

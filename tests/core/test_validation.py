@@ -134,8 +134,10 @@ def test_implementation_flags_are_tri_state(value):
     [
         ("float32", None, "float32"),
         ("float64", None, "float64"),
-        ("bfloat16", None, "float32"),
-        ("float16", None, "float32"),
+        ("bfloat16", None, "bfloat16"),  # the host's convention: state in the parameter's dtype
+        ("float16", None, "float16"),
+        ("bfloat16", "float32", "float32"),  # float32 momentum for low precision: one keyword away
+        ("float16", "float32", "float32"),
         ("float32", "bfloat16", "bfloat16"),
         ("bfloat16", "bfloat16", "bfloat16"),
         ("complex64", None, "complex64"),
@@ -200,7 +202,7 @@ def test_resolve_max_lr():
     assert lc.resolve_max_lr(1e-3, lambda step: 1e-4) == 1e-3
     with pytest.raises(RuntimeError, match=re.escape("`max_lr` is required with `decouple_lr=True` when `learning_rate` is a schedule")):
         lc.resolve_max_lr(None, lambda step: 1e-4)
-    with pytest.raises(ValueError, match=re.escape("Invalid `lr`: expected 0 < lr < inf. Received: lr=0.0")):
+    with pytest.raises(ValueError, match=re.escape("Invalid `lr`: expected 0 < lr < inf with `decouple_lr=True`")):
         lc.resolve_max_lr(None, 0.0, lr_name="lr")
 
 

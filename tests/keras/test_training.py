@@ -57,6 +57,7 @@ def _loss():
             learning_rate=keras.optimizers.schedules.CosineDecay(4e-3, decay_steps=100),
             weight_decay=3e-4,  # decoupled: the fraction removed per step at the peak learning rate
             decouple_lr=True,
+            max_lr=4e-3,  # the schedule's peak: required with a schedule
             cautious=True,
         ),
     ],

@@ -67,10 +67,12 @@ BAD_VALUES = {
     "beta_2_above_one": (dict(beta_2=1.5), _range("beta_2", "0 <= beta_2 < 1", "1.5")),
     "weight_decay_negative": (dict(weight_decay=-0.1), _range("weight_decay", WD_RANGE, "-0.1")),
     "max_lr_zero": (dict(decouple_lr=True, max_lr=0.0), _range("max_lr", "0 < max_lr < inf", "0.0")),
-    # With no max_lr, the schedule's value at step 0 is used, and a warm-up from 0 cannot be.
-    "max_lr_from_warmup": (
-        dict(learning_rate=keras.optimizers.schedules.PolynomialDecay(0.0, 10, 1e-3), decouple_lr=True),
-        _range("max_lr", "0 < max_lr < inf", "0.0"),
+    # With no max_lr, a constant learning rate is the peak, and 0 cannot be: the text says what to pass.
+    "learning_rate_zero_decoupled": (
+        dict(learning_rate=0.0, decouple_lr=True),
+        _range("learning_rate", "0 < learning_rate < inf with `decouple_lr=True` and no `max_lr` (the decay "
+               "is divided by the peak learning rate, which then defaults to learning_rate); to start from "
+               "learning_rate=0.0, pass max_lr=<the peak learning rate>", "0.0"),
     ),
     "momentum_dtype_int8": (
         dict(momentum_dtype="int8"),
@@ -127,6 +129,20 @@ def test_max_lr_without_decouple_lr_raises():
         ),
     ):
         lion_keras.Lion(max_lr=0.01)
+
+
+def test_max_lr_is_required_with_a_schedule():
+    """A schedule's first value is not its peak (a warm-up from 0 would divide by 0): ask for max_lr,
+    naming the argument the user passed, not one they never did."""
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.0, 10, 1e-3)
+    expected = (
+        "`max_lr` is required with `decouple_lr=True` when `learning_rate` is a schedule or an array, whose "
+        "peak cannot be read at construction: pass max_lr=<the peak learning rate>. "
+        f"Received: learning_rate={schedule!r}, max_lr=None"
+    )
+    with pytest.raises(RuntimeError, match="^" + re.escape(expected) + "$"):
+        lion_keras.Lion(schedule, decouple_lr=True)
+    assert lion_keras.Lion(schedule, decouple_lr=True, max_lr=1e-3).max_lr == 1e-3
 
 
 def test_momentum_dtype_for_complex_variables_raises_at_build():

@@ -145,7 +145,8 @@ def test_jit_does_not_retrace_and_momentum_dtype_is_fixed():
     # bfloat16 parameters with float32 gradients: optax.lion's momentum turns from bfloat16 into
     # float32 after the first update, which retraces a jitted step and breaks a lax.scan carry.
     params = {"w": jnp.ones((8, 4), jnp.bfloat16), "b": jnp.zeros(4, jnp.float32)}
-    for mu_dtype, expected in ((None, {"w": jnp.float32, "b": jnp.float32}),
+    for mu_dtype, expected in ((None, {"w": jnp.bfloat16, "b": jnp.float32}),
+                               ("float32", {"w": jnp.float32, "b": jnp.float32}),
                                ("bfloat16", {"w": jnp.bfloat16, "b": jnp.bfloat16})):
         tx = lion_optax.lion(1e-2, mu_dtype=mu_dtype)
         traces = []

@@ -292,14 +292,20 @@ def test_momentum_dtype_policy():
     }
     opt = Lion(list(params.values()))
     low = Lion([torch.zeros(3, requires_grad=True)], momentum_dtype=torch.bfloat16)
-    for p in [*params.values(), *low.param_groups[0]["params"]]:
+    wide = Lion([torch.zeros(3, dtype=dtype, requires_grad=True) for dtype in (torch.bfloat16, torch.float16)],
+                momentum_dtype=torch.float32)
+    for p in [*params.values(), *low.param_groups[0]["params"], *wide.param_groups[0]["params"]]:
         p.grad = torch.ones_like(p)
     opt.step()
     low.step()
+    wide.step()
     got = {name: opt.state[p]["exp_avg"].dtype for name, p in params.items()}
-    assert got == {"fp32": torch.float32, "bf16": torch.float32, "fp16": torch.float32,
+    # The default is the parameter's dtype, as torch.optim's (torch.zeros_like) ...
+    assert got == {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                    "fp64": torch.float64, "c64": torch.complex64}
     assert low.state[low.param_groups[0]["params"][0]]["exp_avg"].dtype == torch.bfloat16
+    # ... and a float32 momentum for low-precision parameters is one keyword away.
+    assert [wide.state[p]["exp_avg"].dtype for p in wide.param_groups[0]["params"]] == [torch.float32] * 2
 
 
 def test_momentum_dtype_for_complex_parameters_is_refused_at_construction():
@@ -349,9 +355,10 @@ def test_compiled_foreach_with_mixed_dtypes_keeps_grads_and_numbers():
     stored = [[tensor(g, d).double().numpy() for g, d in zip(step_grads, dtypes)] for step_grads in grads]
     ref = reference_lion([init[0]], [[g[0]] for g in stored], lr=0.01, weight_decay=0.1, maximize=True)
     assert_exact(params[0], ref.params[0], what="float64 param")
+    # Each momentum in its parameter's dtype (the default): bfloat16 next to float32 and float64.
     low, _ = reference_stored(init[1:], [g[1:] for g in stored], param_dtypes=dtypes[1:],
-                              momentum_dtypes=[torch.float32] * 2, lr=0.01, weight_decay=0.1, maximize=True)
+                              momentum_dtypes=dtypes[1:], lr=0.01, weight_decay=0.1, maximize=True)
     for p, expected in zip(params[1:], low):
         assert_close(p, expected, rtol=2**-20, atol=0, what=f"{p.dtype} param")
-    assert [opt.state[p]["exp_avg"].dtype for p in params] == [torch.float64, torch.float32, torch.float32]
+    assert [opt.state[p]["exp_avg"].dtype for p in params] == dtypes
     torch._dynamo.reset()

@@ -59,8 +59,9 @@ def test_round_trip_mid_training_continues_bit_identically(path, dtype):
 
 
 def test_float32_momentum_of_bfloat16_parameters_stays_float32():
+    """The saved group's momentum_dtype wins over the loading optimizer's default, exactly."""
     p = torch.zeros(5, dtype=torch.bfloat16, requires_grad=True)
-    opt = Lion([p], lr=0.1)
+    opt = Lion([p], lr=0.1, momentum_dtype=torch.float32)
     p.grad = torch.full((5,), 1e-3, dtype=torch.bfloat16)
     opt.step()
     saved = copy.deepcopy(opt.state_dict())
@@ -75,14 +76,18 @@ def test_float32_momentum_of_bfloat16_parameters_stays_float32():
 
 
 def test_momentum_is_cast_to_this_optimizers_policy():
-    """A checkpoint's momentum takes the dtype this optimizer's policy gives it: a bfloat16 momentum
-    (lion-pytorch's, for bfloat16 parameters) is widened to float32, and momentum_dtype is obeyed."""
+    """A checkpoint without momentum_dtype (lion-pytorch's) takes this optimizer's: a bfloat16
+    momentum of a bfloat16 parameter is widened to float32 when asked, kept by default, and
+    momentum_dtype is obeyed."""
     p = torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)
     saved = {"state": {0: {"exp_avg": torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16)}},
              "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.0, "params": [0]}]}
-    opt = Lion([p])
+    opt = Lion([p], momentum_dtype=torch.float32)
     opt.load_state_dict(saved)
     assert opt.state[p]["exp_avg"].dtype == torch.float32
+    default = Lion([p])
+    default.load_state_dict(saved)
+    assert default.state[p]["exp_avg"].dtype == torch.bfloat16
     q = torch.zeros(3, requires_grad=True)
     low = Lion([q], momentum_dtype=torch.bfloat16)
     low.load_state_dict({**saved, "state": {0: {"exp_avg": torch.ones(3)}}})

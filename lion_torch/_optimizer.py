@@ -12,7 +12,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 import lion_core
 
-from ._functional import _choose, _dtype_name, _torch_dtype, kernel_module, lion
+from ._functional import _choose, _dtype_name, _torch_dtype, lion, require_kernel
 
 __all__ = ["Lion"]
 
@@ -123,12 +123,17 @@ class Lion(Optimizer):
       foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
         wherever the fused kernel is not the default (default: None). ``foreach=False`` alone
         selects the single-tensor path.
-      fused: use a fused kernel, ``kernels.triton_lion`` on CUDA or ``kernels.cpu_lion`` on CPU;
-        None (with ``foreach=None``) chooses: the fused kernel when it can run (Triton installed
-        on CUDA; a C compiler on the CPU) and the step is not being compiled by ``torch.compile``,
-        foreach otherwise (default: None).
-        ``fused=True`` raises at construction when the kernel for the parameters' device cannot
-        run, with the remedy.
+      fused: use a fused kernel, ``lion_kernels.triton_lion`` on CUDA or ``lion_kernels.cpu_lion``
+        on CPU; None (with ``foreach=None``) chooses: the fused kernel when it can run (Triton
+        installed on CUDA; the C extension built at install time on the CPU) and the step is not
+        being compiled by ``torch.compile``, foreach otherwise (default: None). A default kernel
+        that cannot run warns once per process (``lion_core.FallbackWarning``, naming the cause
+        and the path taken); ``fused=True`` raises ``ImportError`` at construction instead, with
+        the cause and the remedy. DTensor parameters (FSDP2's ``fully_shard``) are updated through
+        their local shards; with ``cautious=True`` the kept/total counts of every sharded tensor
+        are summed over the mesh in one all-reduce per step. Other tensor subclasses take the
+        foreach path, and tensors the kernel cannot take (dtype, layout, overlapping memory) the
+        single-tensor path, each with a one-time warning.
 
     Raises:
       ValueError, TypeError: an option is out of range or of the wrong type (text from
@@ -209,7 +214,7 @@ class Lion(Optimizer):
                 devices.add(p.device.type)
             if group["fused"]:
                 for device_type in sorted(devices):
-                    kernel_module(device_type).require()
+                    require_kernel(device_type)
         except Exception:
             self.param_groups.pop()
             raise

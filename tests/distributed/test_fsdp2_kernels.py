@@ -5,7 +5,8 @@ local shard (``to_local()``), and ``cautious=True`` all-reduces the per-tensor (
 per step. The oracle is the same model, unsharded, trained in one process with the same optimizer on
 the same data: every rank sees the same batch, so FSDP2's averaged gradient equals the unsharded one
 exactly, and the elementwise update must then agree bit for bit in float64 and in float32 (stated
-budget: 0 mismatching elements; a different path would flip signs near 0 in float32).
+budget: 0 mismatching elements; a different path would flip signs near 0 in float32). The foreach and
+single-tensor paths, which update DTensors through DTensor ops, are checked the same way in float64.
 """
 
 from __future__ import annotations
@@ -49,7 +50,19 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
 
 
-def _fsdp_rank(rank: int, world_size: int, dtype: torch.dtype, cautious: bool) -> dict:
+#: The default path in both dtypes, with and without ``cautious``; the foreach and single-tensor paths,
+#: which handle DTensors through DTensor ops, in float64 (against the unsharded model on the same path).
+CONFIGS = [(dtype, cautious, "default") for dtype in (torch.float64, torch.float32) for cautious in (False, True)]
+CONFIGS += [(torch.float64, cautious, path) for path in ("foreach", "single") for cautious in (False, True)]
+FLAGS = {"default": {}, "foreach": {"foreach": True}, "single": {"foreach": False}}
+
+
+def _fsdp_rank(rank: int, world_size: int) -> dict:
+    """Every configuration in one process per rank: starting ranks costs more than training."""
+    return {config: _fsdp_config(*config) for config in CONFIGS}
+
+
+def _fsdp_config(dtype: torch.dtype, cautious: bool, path: str) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -64,29 +77,30 @@ def _fsdp_rank(rank: int, world_size: int, dtype: torch.dtype, cautious: bool) -
         return real_lion_(params, grads, momenta, **kwargs)
 
     cpu_lion.lion_ = counting_lion_
-    mesh = init_device_mesh("cpu", (world_size,))
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     model = _model(dtype)
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    optimizer = Lion(model.parameters(), cautious=cautious, **HYPER)
+    optimizer = Lion(model.parameters(), cautious=cautious, **FLAGS[path], **HYPER)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _train(model, optimizer, dtype)
     params = [_full(p) for p in model.parameters()]
     momenta = [_full(optimizer.state[p]["exp_avg"]) for p in model.parameters()]
     kinds = {type(optimizer.state[p]["exp_avg"]).__name__ for p in model.parameters()}
+    cpu_lion.lion_ = real_lion_
     dist.barrier()
     return {"params": params, "momenta": momenta, "kernel_calls": calls, "momentum_types": kinds,
             "warnings": [str(w.message) for w in caught]}
 
 
-def _unsharded(dtype: torch.dtype, cautious: bool) -> dict:
+def _unsharded(dtype: torch.dtype, cautious: bool, path: str) -> dict:
     from lion_torch import Lion
 
     model = _model(dtype)
-    optimizer = Lion(model.parameters(), cautious=cautious, **HYPER)
+    optimizer = Lion(model.parameters(), cautious=cautious, **FLAGS[path], **HYPER)
     _train(model, optimizer, dtype)
     return {"params": [_full(p) for p in model.parameters()],
             "momenta": [_full(optimizer.state[p]["exp_avg"]) for p in model.parameters()]}
@@ -100,22 +114,25 @@ def _kernel_runs() -> str | None:
     return cpu_lion.unavailable_reason()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [1, 2])
-@pytest.mark.parametrize("cautious", [False, True], ids=["plain", "cautious"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-def test_fully_shard_default_path_equals_the_unsharded_model(world_size, cautious, dtype):
+def test_fully_shard_default_path_equals_the_unsharded_model(world_size):
     reason = _kernel_runs()
     if reason is not None:
         pytest.skip(f"the CPU kernel cannot run here, so the default path is foreach: {reason}")
-    expected = _unsharded(dtype, cautious)
-    results = run_ranks(_fsdp_rank, world_size, args=(dtype, cautious))
-    for rank, result in enumerate(results):
-        # The kernel ran (once per step, the default path) and saw local shards only, never a DTensor.
-        assert len(result["kernel_calls"]) == STEPS, f"rank {rank}: {result['kernel_calls']}"
-        assert all(kind == "Tensor" for call in result["kernel_calls"] for kind in call), result["kernel_calls"]
-        assert result["momentum_types"] == {"DTensor"}
-        assert result["warnings"] == [], f"rank {rank} warned: {result['warnings']}"
-        for i, (actual, wanted) in enumerate(zip(result["params"], expected["params"])):
-            assert_exact(actual, wanted, what=f"rank {rank} param {i}")
-        for i, (actual, wanted) in enumerate(zip(result["momenta"], expected["momenta"])):
-            assert_exact(actual, wanted, what=f"rank {rank} momentum {i}")
+    results = run_ranks(_fsdp_rank, world_size)
+    for dtype, cautious, path in CONFIGS:
+        expected = _unsharded(dtype, cautious, path)
+        for rank, by_config in enumerate(results):
+            result = by_config[(dtype, cautious, path)]
+            where = f"{path} path, {dtype}, cautious={cautious}, rank {rank} of {world_size}"
+            # The kernel ran once per step (the default path) on local shards only, never a DTensor.
+            calls = result["kernel_calls"]
+            assert len(calls) == (STEPS if path == "default" else 0), f"{where}: {calls}"
+            assert {kind for call in calls for kind in call} <= {"Tensor"}, where
+            assert result["momentum_types"] == {"DTensor"}, where
+            assert result["warnings"] == [], f"{where} warned: {result['warnings']}"
+            for i, (actual, wanted) in enumerate(zip(result["params"], expected["params"])):
+                assert_exact(actual, wanted, what=f"{where}: param {i}")
+            for i, (actual, wanted) in enumerate(zip(result["momenta"], expected["momenta"])):
+                assert_exact(actual, wanted, what=f"{where}: momentum {i}")

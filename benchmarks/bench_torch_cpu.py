@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import cpu_lion  # noqa: E402
+from lion_kernels import cpu_lion  # noqa: E402
 
 LR, BETAS, WEIGHT_DECAY = 1e-4, (0.9, 0.99), 0.1
 BYTES_PER_PARAM = 20
@@ -106,7 +106,7 @@ def _our_factories() -> dict[str, Callable[[list[torch.nn.Parameter]], Any]]:
         ours["lionkit Lion(foreach=True)"] = lambda ps: Lion(ps, **hyper, foreach=True, fused=False)
         ours["lionkit Lion single-tensor"] = lambda ps: Lion(ps, **hyper, foreach=False, fused=False)
     if cpu_lion.available():
-        ours["lionkit kernels.cpu_lion.lion_ (no optimizer)"] = _KernelOnly
+        ours["lionkit lion_kernels.cpu_lion.lion_ (no optimizer)"] = _KernelOnly
     return ours
 
 

@@ -8,7 +8,7 @@ Three parameter sets (issue 5), every implementation stepping the same parameter
   faster than lion-pytorch's Triton path (one launch per tensor).
 * (c) 1B bfloat16 parameters (and gradients) in 16 tensors, lionkit with its default float32 momentum.
 
-Implementations: lionkit's kernel called directly (``kernels.triton_lion.lion_``, no optimizer
+Implementations: lionkit's kernel called directly (``lion_kernels.triton_lion.lion_``, no optimizer
 around it), ``lion_torch.Lion(fused=True)``, ``lion_torch.Lion(foreach=True)``,
 ``torch.optim.AdamW(fused=True)``, lion-pytorch ``Lion(use_triton=True)`` and torch-optimi
 ``Lion(triton=True, kahan_sum=False)``. Weight decay is on for all (0.1), lr 1e-4, betas (0.9, 0.99).
@@ -53,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import triton_lion  # noqa: E402
+from lion_kernels import triton_lion  # noqa: E402
 
 LR, BETAS, WEIGHT_DECAY = 1e-4, (0.9, 0.99), 0.1
 #: case -> (total parameters, tensors, parameter dtype)
@@ -107,7 +107,7 @@ def _lion_state(dtype: torch.dtype) -> int:
 
 
 class _KernelOnly:
-    """``kernels.triton_lion.lion_`` without an optimizer around it: the floor for ``Lion(fused=True)``."""
+    """``lion_kernels.triton_lion.lion_`` without an optimizer around it: the floor for ``Lion(fused=True)``."""
 
     def __init__(self, params: list[torch.nn.Parameter]) -> None:
         self.params = params

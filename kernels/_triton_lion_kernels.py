@@ -1,4 +1,4 @@
-r"""The Triton kernel behind ``kernels.triton_lion``: the public launcher is ``triton_lion.lion_``.
+r"""The Triton kernel behind ``lion_kernels.triton_lion``: the public launcher is ``triton_lion.lion_``.
 
 This module imports Triton at the top; ``triton_lion`` loads it only when a kernel is launched, once
 compiled for CUDA tensors and once under the Triton interpreter for CPU tensors, so the same source

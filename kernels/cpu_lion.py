@@ -25,12 +25,12 @@ directory (``$LIONKIT_CACHE_DIR``, default ``~/.cache/lionkit``), keyed by a has
 compiler, its flags and the CPU, and loaded with :mod:`ctypes`. The first build takes about a second;
 later processes load the cached library.
 
-The module shares its interface with the Triton kernel (``kernels.triton_lion``): ``available``,
+The module shares its interface with the Triton kernel (``lion_kernels.triton_lion``): ``available``,
 ``require``, ``supports``, ``supports_all`` and ``lion_``.
 
 Example:
   >>> import torch
-  >>> from kernels import cpu_lion
+  >>> from lion_kernels import cpu_lion
   >>> p, g, m = torch.tensor([1.0, -2.0]), torch.tensor([0.5, -0.5]), torch.zeros(2)
   >>> if cpu_lion.available():
   ...     cpu_lion.lion_([p], [g], [m], lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0,
@@ -291,7 +291,7 @@ def _unsupported(index: int, param: torch.Tensor, grad: torch.Tensor, exp_avg: t
 
     return lion_core.incompatible(
         f"The fused CPU Lion kernel cannot update `params[{index}]`; route it to the foreach path "
-        "(check kernels.cpu_lion.supports first). Received: "
+        "(check lion_kernels.cpu_lion.supports first). Received: "
         f"param {describe(param)}, grad {describe(grad)}, exp_avg {describe(exp_avg)}"
     )
 
@@ -424,7 +424,7 @@ def lion_(
 
     Example:
       >>> import torch
-      >>> from kernels import cpu_lion
+      >>> from lion_kernels import cpu_lion
       >>> p, g, m = [torch.ones(3)], [torch.full((3,), -1.0)], [torch.zeros(3)]
       >>> if cpu_lion.available():
       ...     cpu_lion.lion_(p, g, m, lr=0.5, beta1=0.9, beta2=0.99, weight_decay=0.0,

@@ -36,12 +36,12 @@ CPU tensors run through the same kernel source under the Triton interpreter when
 ``TRITON_INTERPRET=1`` is set (for tests: slow). CUDA tensors always run the compiled kernel, even
 when that variable is set.
 
-The module shares its interface with the CPU kernel (``kernels.cpu_lion``): ``available``,
+The module shares its interface with the CPU kernel (``lion_kernels.cpu_lion``): ``available``,
 ``require``, ``supports`` and ``lion_``. Importing it never imports Triton.
 
 Example:
   >>> import torch
-  >>> from kernels import triton_lion
+  >>> from lion_kernels import triton_lion
   >>> device = "cuda" if torch.cuda.is_available() else "cpu"
   >>> p = torch.tensor([1.0, -2.0], device=device)
   >>> g, m = torch.tensor([0.5, -0.5], device=device), torch.zeros(2, device=device)
@@ -329,7 +329,7 @@ def _kernel_module(interpret: bool) -> ModuleType:
         triton = _import_triton()
         if triton is None:
             raise _missing_triton() from _triton_error
-        name = f"kernels._triton_lion_kernels_{'interpreted' if interpret else 'compiled'}"
+        name = f"lion_kernels._triton_lion_kernels_{'interpreted' if interpret else 'compiled'}"
         spec = importlib.util.spec_from_file_location(name, _KERNELS_SOURCE)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -421,7 +421,7 @@ def lion_(
 
     Example:
       >>> import torch
-      >>> from kernels.triton_lion import available, lion_
+      >>> from lion_kernels.triton_lion import available, lion_
       >>> if available() and torch.cuda.is_available():
       ...     p = torch.ones(3, device="cuda"); m = torch.zeros(3, device="cuda")
       ...     lion_([p], [torch.ones(3, device="cuda")], [m], lr=0.1, beta1=0.9, beta2=0.99,

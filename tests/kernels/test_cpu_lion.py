@@ -1,4 +1,4 @@
-"""The multi-tensor CPU kernel (kernels.cpu_lion) against lion_core.reference.
+"""The multi-tensor CPU kernel (lion_kernels.cpu_lion) against lion_core.reference.
 
 float64 and float32 must match the reference bit for bit (the kernel keeps the reference's operation
 order and never fuses a multiply-add); bfloat16 parameters with float32 momentum must match the
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import cpu_lion
+from lion_kernels import cpu_lion
 from lion_core.reference import reference_lion, reference_step
 from tests.support import assert_close, assert_exact, assert_within_budget, margin_gradient
 
@@ -386,7 +386,7 @@ def test_concurrent_first_builds_share_one_cached_library(tmp_path):
     script = textwrap.dedent(
         """
         import torch
-        from kernels import cpu_lion
+        from lion_kernels import cpu_lion
         cpu_lion.require()
         p, g, m = torch.ones(3), torch.full((3,), -1.0), torch.zeros(3)
         cpu_lion.lion_([p], [g], [m], lr=0.5, beta1=0.9, beta2=0.99, weight_decay=0.0, max_lr=None,

@@ -1,4 +1,4 @@
-"""The multi-tensor Triton Lion kernel (``kernels.triton_lion``) against ``lion_core.reference``.
+"""The multi-tensor Triton Lion kernel (``lion_kernels.triton_lion``) against ``lion_core.reference``.
 
 Without a GPU the kernel runs on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``),
 from the same source the GPU compiles; the generated GPU code is checked separately by compiling it
@@ -29,7 +29,7 @@ from tests.support import assert_exact, assert_within_budget, margin_gradient, t
 
 pytest.importorskip("triton")
 
-from kernels import triton_lion  # noqa: E402
+from lion_kernels import triton_lion  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA = torch.cuda.is_available()
@@ -149,7 +149,7 @@ def test_missing_triton_never_kills_the_program(monkeypatch):
 
 
 def test_import_does_not_import_triton():
-    code = "import sys, kernels.triton_lion; print('triton' in sys.modules)"
+    code = "import sys, lion_kernels.triton_lion; print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

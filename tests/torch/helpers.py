@@ -21,16 +21,16 @@ from tests.support import assert_close, assert_exact
 
 def _fused_param() -> Any:
     try:
-        from kernels import cpu_lion
+        from lion_kernels import cpu_lion
     except ImportError as error:  # pragma: no cover - depends on the kernels helper's progress
-        reason = f"kernels.cpu_lion cannot be imported: {error}"
+        reason = f"lion_kernels.cpu_lion cannot be imported: {error}"
         return pytest.param("fused", marks=pytest.mark.skip(reason=reason))
     if not cpu_lion.available():
         try:
             cpu_lion.require()
-            reason = "kernels.cpu_lion.available() is False"
+            reason = "lion_kernels.cpu_lion.available() is False"
         except (ImportError, RuntimeError) as error:
-            reason = f"kernels.cpu_lion is not available: {error}"
+            reason = f"lion_kernels.cpu_lion is not available: {error}"
         return pytest.param("fused", marks=pytest.mark.skip(reason=reason))
     return "fused"
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-#: Storage kinds, as the launcher numbers them (``triton_lion._KIND``).
+#: Storage kinds, as ``lion_kernels._contract.DTYPE_CODE`` numbers them.
 F32: tl.constexpr = tl.constexpr(0)
 BF16: tl.constexpr = tl.constexpr(1)
 F16: tl.constexpr = tl.constexpr(2)
@@ -80,11 +80,12 @@ def _load_f32(ptr, offsets, mask, KIND: tl.constexpr, MASKED: tl.constexpr):
 def _store_f32(ptr, offsets, x, mask, KIND: tl.constexpr, MASKED: tl.constexpr):
     """Rounds a float32 block to the storage dtype, to nearest even, and stores it."""
     if KIND == BF16:
-        # Overflow rounds to +-inf, and NaN stays a (quiet) NaN.
+        # Overflow rounds to +-inf; every NaN is stored as torch stores it, the quiet NaN 0x7FC0 (as
+        # the CPU kernel does).
         bits = x.to(tl.uint32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-        value = tl.where(is_nan, (bits >> 16) | 0x40, rounded).to(tl.uint16)
+        value = tl.where(is_nan, rounded * 0 + 0x7FC0, rounded).to(tl.uint16)
     elif KIND == F16:
         value = x.to(tl.float16)
     else:
@@ -193,8 +194,8 @@ def lion_kernel(
     """Updates (or, with ``COUNT_ONLY``, counts the cautious mask of) one chunk of one tensor.
 
     With ``COUNT_ONLY`` the program adds the number of entries the cautious mask keeps in its chunk
-    to ``counts[tensor]`` (int64) and writes nothing else; the update launch that follows reads the
-    complete counts. ``lr`` and ``decay`` are float32 values computed on the host unless
+    to ``counts[tensor, 0]`` (int64, shape (T, 2)) and writes nothing else; the update launch that
+    follows reads the complete counts, ``(kept, element count)`` per tensor. ``lr`` and ``decay`` are float32 values computed on the host unless
     ``LR_ON_DEVICE``, where both come from the 0-d tensor at ``lr_ptr`` (``decay`` in float64, as
     ``lion_core.decay_factor`` computes it for a Python float, then rounded once).
     """
@@ -236,8 +237,11 @@ def lion_kernel(
     if CAUTIOUS and not COUNT_ONLY:
         # lion_core.cautious_mask divides by mean(mask) in float32, which NumPy computes as the
         # float64 quotient of the (exact) count by n, rounded once; 1 where nothing is kept.
-        kept_total = tl.load(counts_ptr + tensor)
-        fraction = (kept_total.to(tl.float64) / numel.to(tl.float64)).to(tl.float32)
+        # counts[tensor] = (kept, element count) of the whole tensor: of every shard, when the
+        # launcher's caller all-reduced them (DTensor), else this tensor's own.
+        kept_total = tl.load(counts_ptr + 2 * tensor)
+        whole = tl.load(counts_ptr + 2 * tensor + 1)
+        fraction = (kept_total.to(tl.float64) / whole.to(tl.float64)).to(tl.float32)
         kept_fraction = tl.where(kept_total > 0, fraction, 1.0)
 
     start = chunk * CHUNK  # int64: tensors may hold more than 2**31 elements
@@ -260,4 +264,4 @@ def lion_kernel(
             CAUTIOUS, HAS_GRAD_SCALE, COUNT_ONLY, True,
         )
     if COUNT_ONLY:
-        tl.atomic_add(counts_ptr + tensor, kept)
+        tl.atomic_add(counts_ptr + 2 * tensor, kept)

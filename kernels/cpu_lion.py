@@ -1,9 +1,10 @@
-r"""Lion for CPU tensors in one pass: a multi-tensor C kernel, compiled on first use.
+r"""Lion for CPU tensors in one pass: a multi-tensor C kernel, compiled when lionkit is installed.
 
-One call updates every tensor of a parameter group. The kernel reads :math:`p, g, m` and writes
-:math:`p, m` once per element (20 bytes per float32 parameter), which is the memory traffic that
-bounds any Lion step on a CPU; the per-tensor loops of other implementations read and write each
-array several times and pay Python and dispatch costs per tensor.
+Implements the kernel contract (``lion_kernels._contract``). One call updates every tensor of a
+parameter group. The kernel reads :math:`p, g, m` and writes :math:`p, m` once per element (20 bytes
+per float32 parameter), which is the memory traffic that bounds any Lion step on a CPU; the
+per-tensor loops of other implementations read and write each array several times and pay Python
+and dispatch costs per tensor.
 
 The update is ``lion_core``'s rule, in the same operation order:
 
@@ -16,29 +17,36 @@ The update is ``lion_core``'s rule, in the same operation order:
     m &\leftarrow \beta_2 m + (1 - \beta_2) g
 
 so float32 and float64 results equal ``lion_core.reference.reference_lion(..., dtype=...)`` bit for
-bit. bfloat16 parameters and gradients are widened to float32 (with a float32 momentum), updated in
-float32 and rounded once, to nearest even.
+bit. bfloat16 parameters and gradients (with a float32 or bfloat16 momentum) are widened to float32,
+updated in float32 and rounded once, to nearest even (NaN stored as torch stores it, ``0x7fc0``).
 
-The C source (``kernels/csrc/cpu_lion.c``) is compiled by the system C compiler (``$CC``, else
-``cc``, ``gcc`` or ``clang``) with ``-O3 -march=native -fopenmp -ffp-contract=off`` into a cache
-directory (``$LIONKIT_CACHE_DIR``, default ``~/.cache/lionkit``), keyed by a hash of the source, the
-compiler, its flags and the CPU, and loaded with :mod:`ctypes`. The first build takes about a second;
-later processes load the cached library.
+The binary. The C source (``kernels/csrc/cpu_lion.c``) is compiled by setup.py when lionkit is
+installed (``pip install``, ``pip wheel``, editable installs alike) into the extension module
+``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off`` and OpenMP when the compiler has it.
+Nothing is compiled at training time. One binary serves every x86-64 CPU: GCC's ``target_clones``
+compiles the streaming loops for AVX-512F, AVX2 and baseline x86-64, and the dynamic loader picks
+one per process from the CPU's features. Next to the binary, the build writes its SHA-256
+(``_cpu_lion.sha256``).
 
-The module shares its interface with the Triton kernel (``lion_kernels.triton_lion``): ``available``,
-``require``, ``supports``, ``supports_all`` and ``lion_``.
+Loading. :func:`unavailable_reason` only looks for the binary (``importlib.util.find_spec``); the
+first :func:`lion_` call verifies the checksum, then imports the module (one thread loads, others
+wait). Without a binary (installed without a C compiler) the kernel is unavailable and ``lion_torch``
+takes its foreach path, with a warning; a binary that is truncated, corrupt or built for another
+platform raises :class:`~lion_kernels.KernelError` naming the file and the remedy (reinstall), and
+never crashes the process: a truncated shared library would crash ``dlopen`` with SIGBUS, so it is
+checked before it is loaded.
 
 Example:
   >>> import torch
   >>> from lion_kernels import cpu_lion
   >>> p, g, m = torch.tensor([1.0, -2.0]), torch.tensor([0.5, -0.5]), torch.zeros(2)
-  >>> if cpu_lion.available():
-  ...     cpu_lion.lion_([p], [g], [m], lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0,
-  ...                    max_lr=None, cautious=False, maximize=False)
+  >>> if cpu_lion.unavailable_reason() is None:
+  ...     left = cpu_lion.lion_([p], [g], [m], lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0,
+  ...                           max_lr=None, cautious=False, maximize=False)
   ... else:
-  ...     p = torch.tensor([0.9, -1.9])
-  >>> p.tolist()
-  [0.8999999761581421, -1.899999976158142]
+  ...     p, left = torch.tensor([0.9, -1.9]), []
+  >>> p.tolist(), left
+  ([0.8999999761581421, -1.899999976158142], [])
 
 References:
   Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
@@ -48,338 +56,226 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib
+import importlib.util
 import itertools
 import operator
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
+import threading
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import lion_core
 
-__all__ = ["available", "lion_", "require", "supports", "supports_all"]
+from ._contract import (
+    CautiousReduce,
+    KernelError,
+    TableCache,
+    bulk_plain,
+    check_lengths,
+    global_counts,
+    overlapping,
+    plain_triple,
+    triple_code,
+)
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_lion.c"
-#: Must equal LIONKIT_CPU_ABI in the C source; checked after loading, as a guard on the cache.
-_ABI = 1
-#: ``-ffp-contract=off``: a fused multiply-add rounds once where the reference rounds twice.
-#: No ``-ffast-math``: it would reassociate the arithmetic and drop NaN comparisons.
-_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c11", "-fPIC", "-shared")
-#: Fallbacks for compilers without OpenMP (the kernel then runs on one thread) or ``-march=native``.
-_FALLBACK_DROPS = ((), ("-fopenmp",), ("-fopenmp", "-march=native"))
+__all__ = ["device_type", "lion_", "name", "supports", "unavailable_reason"]
+
+name = "cpu_lion"
+device_type = "cpu"
+
+#: The extension module setup.py builds; its ABI number must equal LIONKIT_CPU_ABI in the C source.
+EXTENSION = "lion_kernels._cpu_lion"
+_ABI = 2
 #: Elements per work item. Large enough that each item is a long streaming loop, small enough that
 #: two threads split a 2M-element group evenly.
 _CHUNK = 1 << 16
-_REMEDY = "install a C compiler (gcc) or pass fused=False"
+_REMEDY = "reinstall lionkit with a C compiler present (pip install --force-reinstall lionkit)"
 
-# (param, grad, momentum) dtypes -> kernel kind, as numbered in the C source.
-_KINDS = {
-    (torch.float32, torch.float32, torch.float32): 0,
-    (torch.float64, torch.float64, torch.float64): 1,
-    (torch.bfloat16, torch.bfloat16, torch.float32): 2,
-}
+#: The (param, grad, momentum) dtype triples the C source implements, as ``_contract.triple_code``
+#: numbers them (which the C source's KIND_* constants equal).
+_CODES = frozenset(
+    code
+    for code in (
+        triple_code(torch.float32, torch.float32, torch.float32),
+        triple_code(torch.float64, torch.float64, torch.float64),
+        triple_code(torch.bfloat16, torch.bfloat16, torch.float32),
+        triple_code(torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    )
+    if code is not None
+)
 _CAUTIOUS, _MAXIMIZE, _UNSCALE = 1, 2, 4
-_STRIDED = torch.strided
+#: Plans kept (one per parameter group and set of addresses, typically).
+_CACHE_SIZE = 64
+
+_SIGNATURE = (
+    ctypes.c_int,  # kind
+    ctypes.c_int64,  # number of tensors
+    ctypes.c_void_p,  # pointer and offset table
+    ctypes.c_void_p,  # float64 scalars
+    ctypes.c_int,  # flags
+    ctypes.c_int64,  # chunk
+    ctypes.c_int,  # threads
+    ctypes.c_void_p,  # counts: (kept, element count) per tensor in, or kept per tensor out
+)
 
 
-class _Build:
-    """The outcome of the one build attempt a process makes: the library, or why there is none."""
+class _Library:
+    """The loaded kernel, or why it could not be loaded. Loaded once per process, under a lock."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.tried = False
-        self.function: ctypes._CFuncPtr | None = None  # type: ignore[name-defined]
+        self.lion: Any = None
+        self.count: Any = None
         self.error: str | None = None
 
 
-_state = _Build()
+_library = _Library()
+_missing: str | None | bool = False  # False: not looked for yet
 
 
-def _cache_dir() -> Path:
-    configured = os.environ.get("LIONKIT_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "lionkit"
+def _binary() -> Path | None:
+    spec = importlib.util.find_spec(EXTENSION)
+    return None if spec is None or spec.origin is None else Path(spec.origin)
 
 
-def _compiler() -> list[str]:
-    """The compiler command: ``$CC`` when set (it may carry arguments), else cc, gcc or clang."""
-    configured = os.environ.get("CC")
-    if configured:
-        command = shlex.split(configured)
-        path = shutil.which(command[0]) if command else None
-        if path is None:
-            raise FileNotFoundError(f"the C compiler named by CC={configured!r} was not found")
-        return [path, *command[1:]]
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path is not None:
-            return [path]
-    raise FileNotFoundError("no C compiler (cc, gcc or clang) was found on PATH")
+def unavailable_reason() -> str | None:
+    """``None`` when the CPU kernel can run here; otherwise why not, and the remedy.
 
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: a library built for one CPU may crash on another."""
-    found = [platform.machine(), platform.processor()]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                if not line.strip():
-                    break  # the first processor's block is enough
-                if line.startswith(("flags", "Features", "model name", "vendor_id", "CPU part")):
-                    found.append(line.strip())
-    except OSError:
-        pass
-    return "\n".join(found)
-
-
-def _compile(command: list[str], target: Path) -> None:
-    """Compiles to a private temporary file, then renames it into place (atomic on POSIX), so two
-    processes building at once never load a half-written library."""
-    errors = []
-    for drop in _FALLBACK_DROPS:
-        flags = [flag for flag in _FLAGS if flag not in drop]
-        handle, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
-        os.close(handle)
-        try:
-            result = subprocess.run(
-                [*command, *flags, "-o", temporary, str(_SOURCE)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if result.returncode == 0:
-                os.replace(temporary, target)
-                return
-            shown = shlex.join([*command, *flags, "-o", temporary, str(_SOURCE)])
-            errors.append(f"$ {shown}\n{result.stderr}")
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    raise RuntimeError("the C kernel did not compile:\n" + "\n".join(errors))
-
-
-def _build() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
-    command = _compiler()
-    version = subprocess.run(
-        [*command, "--version"], capture_output=True, text=True, timeout=60
-    ).stdout
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256()
-    for part in (str(_ABI), source.decode(), shlex.join(command), version, " ".join(_FLAGS),
-                 _cpu_signature(), sys.platform, platform.machine()):
-        key.update(part.encode())
-        key.update(b"\0")
-    directory = _cache_dir()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RuntimeError(
-            f"cannot create the kernel cache directory {directory} ({error}); "
-            "set LIONKIT_CACHE_DIR to a writable directory"
-        ) from error
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    target = directory / f"cpu_lion-{key.hexdigest()[:20]}{suffix}"
-    if not target.exists():
-        _compile(command, target)
-    library = ctypes.CDLL(str(target))
-    if library.lionkit_cpu_abi() != _ABI:
-        raise RuntimeError(f"{target} has ABI {library.lionkit_cpu_abi()}, expected {_ABI}")
-    function = library.lionkit_cpu_lion
-    function.restype = ctypes.c_int
-    function.argtypes = [
-        ctypes.c_int,  # kind
-        ctypes.c_int64,  # number of tensors
-        ctypes.c_void_p,  # pointer and offset table
-        ctypes.c_void_p,  # float64 scalars
-        ctypes.c_int,  # flags
-        ctypes.c_int64,  # chunk
-        ctypes.c_int,  # threads
-    ]
-    return function
-
-
-def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if not _state.tried:
-        _state.tried = True
-        try:
-            _state.function = _build()
-        except Exception as error:  # noqa: BLE001 - every failure means "not available", with its cause
-            _state.error = f"{type(error).__name__}: {error}"
-    return _state.function
-
-
-def available() -> bool:
-    """Returns whether the CPU kernel can run: a C compiler is present and the build succeeded.
-
-    Builds the kernel on the first call (about a second) and caches the answer; never raises.
+    Pure and cheap: looks for the compiled extension without loading it (cached after the first
+    call); after a load that failed, returns that failure.
     """
-    return _load() is not None
+    global _missing
+    if _library.error is not None:
+        return _library.error
+    if _missing is False:
+        _missing = (
+            None
+            if _binary() is not None
+            else f"the CPU kernel's compiled extension {EXTENSION} is not installed ({_REMEDY})"
+        )
+    return _missing  # type: ignore[return-value]
 
 
-def require() -> None:
-    """Raises ``ImportError`` naming the remedy, with the compiler's output, if the kernel cannot run.
-
-    Raises:
-      ImportError: no C compiler was found, or the kernel did not compile or load.
-    """
-    if _load() is None:
-        raise ImportError(
-            f"The fused CPU Lion kernel is unavailable: {_REMEDY}. Cause: {_state.error}"
+def _verify(path: Path) -> None:
+    """Raises KernelError unless the binary's SHA-256 equals the one the build wrote next to it."""
+    recorded = path.with_name("_cpu_lion.sha256")
+    try:
+        expected = recorded.read_text(encoding="ascii").split()[0]
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, IndexError, UnicodeDecodeError) as error:
+        raise KernelError(
+            f"the CPU kernel's binary {path} cannot be verified ({type(error).__name__}: {error}); "
+            f"{_REMEDY}"
+        ) from None
+    if actual != expected:
+        raise KernelError(
+            f"the CPU kernel's binary {path} is damaged (its SHA-256 differs from the one recorded "
+            f"when it was built, in {recorded.name}: a truncated or overwritten file); {_REMEDY}"
         )
 
 
-def supports(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> bool:
-    """Returns whether ``lion_`` can update this parameter; callers route the rest to foreach.
+def _load_library() -> None:
+    path = _binary()
+    if path is None:
+        raise KernelError(f"the CPU kernel's compiled extension {EXTENSION} is not installed ({_REMEDY})")
+    _verify(path)
+    try:
+        module = importlib.import_module(EXTENSION)
+    except ImportError as error:  # another platform's binary, a missing runtime library
+        raise KernelError(f"the CPU kernel's binary {path} does not load ({error}); {_REMEDY}") from None
+    if getattr(module, "ABI", None) != _ABI:
+        raise KernelError(
+            f"the CPU kernel's binary {path} has ABI {getattr(module, 'ABI', None)}, this launcher "
+            f"expects {_ABI} (a binary left from another version); {_REMEDY}"
+        )
+    prototype = ctypes.CFUNCTYPE(ctypes.c_int, *_SIGNATURE)
+    _library.lion = prototype(module.lion_address)
+    _library.count = prototype(module.count_address)
 
-    Supported: dense, contiguous CPU tensors of one shape, with (param, grad, momentum) dtypes
-    float32/float32/float32, float64/float64/float64 or bfloat16/bfloat16/float32. Called once per
-    parameter per step, so it reads as few tensor attributes as it can.
+
+def _load() -> Any:
+    """The C entry points; raises KernelError (every time) when they cannot be loaded."""
+    if not _library.tried:
+        with _library.lock:
+            if not _library.tried:
+                try:
+                    _load_library()
+                except KernelError as error:
+                    _library.error = str(error)
+                _library.tried = True
+    if _library.error is not None:
+        raise KernelError(_library.error)
+    return _library
+
+
+def supports(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) -> bool:
+    """Whether :func:`lion_` updates this triple (it hands the others back).
+
+    True for plain (not subclassed) dense, contiguous CPU tensors of one shape, with (param, grad,
+    momentum) dtypes float32/float32/float32, float64/float64/float64, or bfloat16/bfloat16 with a
+    float32 or bfloat16 momentum. Does not check :func:`unavailable_reason`.
     """
     try:
         return (
-            (param.dtype, grad.dtype, exp_avg.dtype) in _KINDS
-            and param.layout is _STRIDED
-            and grad.layout is _STRIDED
-            and exp_avg.layout is _STRIDED
+            plain_triple(param, grad, momentum, _CODES)
             and param.is_cpu
             and grad.is_cpu
-            and exp_avg.is_cpu
-            and param.shape == grad.shape == exp_avg.shape
+            and momentum.is_cpu
             and param.is_contiguous()
             and grad.is_contiguous()
-            and exp_avg.is_contiguous()
-            and not (param.is_neg() or grad.is_neg() or exp_avg.is_neg())
+            and momentum.is_contiguous()
         )
-    except (AttributeError, RuntimeError):  # not a tensor; nested tensors have no shape
+    except (AttributeError, RuntimeError):
         return False
 
 
-def supports_all(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor]
-) -> bool:
-    """Returns whether ``supports`` holds for every parameter, in one bulk check.
+class _Plan:
+    """What one set of tensors (addresses, sizes, dtypes) needs: the triples to hand back because they
+    overlap, and per kernel kind the positions it updates and its table of pointers and offsets."""
 
-    With hundreds of small tensors, a Python call of ``supports`` per parameter would cost more than
-    the update itself; callers try this first and check parameters one by one only when it fails.
-    """
-    try:
-        shapes = list(map(_shape, params))
-        if list(map(_shape, grads)) != shapes or list(map(_shape, exp_avgs)) != shapes:
-            return False
-        everything = (*params, *grads, *exp_avgs)
-        if not set(map(_layout, everything)) <= _STRIDED_ONLY:
-            return False
-        return _kinds(params, grads, exp_avgs, everything)[1]
-    except (AttributeError, RuntimeError):  # not tensors; nested tensors have no shape
-        return False
-
-
-def _unsupported(index: int, param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> RuntimeError:
-    def describe(t: torch.Tensor) -> str:
-        try:
-            strided = t.layout == torch.strided
-            order = (" contiguous" if t.is_contiguous() else " non-contiguous") if strided else ""
-            return f"{t.dtype} {t.layout}{order} {tuple(t.shape)} on {t.device}"
-        except (AttributeError, RuntimeError):
-            return f"{type(t).__name__}"
-
-    return lion_core.incompatible(
-        f"The fused CPU Lion kernel cannot update `params[{index}]`; route it to the foreach path "
-        "(check lion_kernels.cpu_lion.supports first). Received: "
-        f"param {describe(param)}, grad {describe(grad)}, exp_avg {describe(exp_avg)}"
-    )
+    def __init__(self, pointers: Sequence[int], numels: Sequence[int], codes: Sequence[int],
+                 itemsizes: Sequence[int]) -> None:
+        n = len(numels)
+        nbytes = [numels[k % n] * itemsizes[k] for k in range(3 * n)]
+        self.overlapping = overlapping(pointers, nbytes, n)
+        skip = set(self.overlapping)
+        self.updated = [i for i in range(n) if i not in skip]
+        self.numels = [numels[i] for i in self.updated]
+        self.tables: list[tuple[int, list[int], array]] = []
+        for kind in sorted({codes[i] for i in self.updated}):
+            chosen = [i for i in self.updated if codes[i] == kind]
+            table = array("q", [pointers[i] for i in chosen])
+            table.extend([pointers[n + i] for i in chosen])
+            table.extend([pointers[2 * n + i] for i in chosen])
+            table.append(0)
+            table.extend(itertools.accumulate(numels[i] for i in chosen))
+            self.tables.append((kind, chosen, table))
 
 
-_data_ptr = torch.Tensor.data_ptr
-_numel = torch.Tensor.numel
-_is_contiguous = torch.Tensor.is_contiguous
-_is_neg = torch.Tensor.is_neg
-_dtype = operator.attrgetter("dtype")
+_plans = TableCache(_CACHE_SIZE)
 _is_cpu = operator.attrgetter("is_cpu")
-_shape = operator.attrgetter("shape")
-_layout = operator.attrgetter("layout")
-_STRIDED_ONLY = frozenset({torch.strided})
 
 
-def _kinds(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    everything: tuple[torch.Tensor, ...],
-) -> tuple[list[int | None], bool]:
-    """The kernel kind of each parameter, and whether every tensor is a plain CPU tensor that the
-    kernel may stream through: contiguous and without a lazy negation.
-
-    The checks cost one C-level ``map`` per attribute over all tensors rather than a Python loop per
-    tensor: with hundreds of small tensors they are most of the launcher's cost. May raise
-    RuntimeError for layouts without strides (sparse CSR).
-    """
-    dtypes = tuple(set(map(_dtype, tensors)) for tensors in (params, grads, exp_avgs))
-    if all(len(found) == 1 for found in dtypes):  # the usual case: one kind for the whole group
-        kinds = [_KINDS.get(tuple(found.pop() for found in dtypes))] * len(params)
-    else:
-        kinds = list(map(_KINDS.get, zip(map(_dtype, params), map(_dtype, grads), map(_dtype, exp_avgs))))
-    ok = (
-        None not in kinds
-        and all(map(_is_cpu, everything))
-        and all(map(_is_contiguous, everything))
-        and not any(map(_is_neg, everything))
+def _plan(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], momenta: Sequence[torch.Tensor],
+          codes: list[int]) -> _Plan:
+    everything = (*params, *grads, *momenta)
+    pointers = tuple(map(torch.Tensor.data_ptr, everything))
+    numels = tuple(map(torch.Tensor.numel, params))
+    key = (pointers, numels, tuple(codes))
+    return _plans.get(
+        key, lambda: _Plan(pointers, numels, codes, list(map(torch.Tensor.element_size, everything)))
     )
-    return kinds, ok
-
-
-def _tables(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor]
-) -> list[tuple[int, int, array]]:
-    """Checks every tensor and returns, per kernel kind, ``(kind, count, table)``.
-
-    A table holds the data pointers of the parameters, gradients and momenta, then the n + 1 prefix
-    offsets of their sizes. Sizes are compared as element counts: that is what memory safety needs
-    (``supports`` also asks for equal shapes, which autograd guarantees for gradients).
-    """
-    lists = (params, grads, exp_avgs)
-    try:
-        numels = list(map(_numel, params))
-        everything = (*params, *grads, *exp_avgs)
-        kinds, ok = _kinds(params, grads, exp_avgs, everything)
-        ok = ok and list(map(_numel, grads)) == numels and list(map(_numel, exp_avgs)) == numels
-        # Sparse and MKL-DNN tensors have no data pointer.
-        pointers = list(map(_data_ptr, everything)) if ok else []
-    except RuntimeError:
-        ok = False
-    if not ok:
-        for index, triple in enumerate(zip(*lists)):
-            if not supports(*triple):
-                raise _unsupported(index, *triple)
-        raise _unsupported(0, params[0], grads[0], exp_avgs[0])  # unreachable: supports() is stricter
-    count = len(numels)
-    if len(set(kinds)) == 1:
-        table = array("q", pointers)
-        table.append(0)
-        table.extend(itertools.accumulate(numels))
-        return [(kinds[0], count, table)]  # type: ignore[list-item]
-    tables = []
-    for kind in sorted(set(kinds)):  # type: ignore[type-var]
-        chosen = [i for i, k in enumerate(kinds) if k == kind]
-        table = array("q", [pointers[i] for i in chosen])
-        table.extend([pointers[count + i] for i in chosen])
-        table.extend([pointers[2 * count + i] for i in chosen])
-        table.append(0)
-        table.extend(itertools.accumulate(numels[i] for i in chosen))
-        tables.append((kind, len(chosen), table))
-    return tables  # type: ignore[return-value]
 
 
 def lion_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
+    momenta: Sequence[torch.Tensor],
     *,
     lr: float | torch.Tensor,
     beta1: float,
@@ -390,8 +286,9 @@ def lion_(
     maximize: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
-) -> None:
-    r"""Applies one Lion step, in place, to every parameter and momentum, in one pass and one call.
+    cautious_reduce: CautiousReduce | None = None,
+) -> list[int]:
+    r"""Applies one Lion step, in place, to every supported triple, in one pass; returns the others.
 
     .. math::
 
@@ -400,12 +297,13 @@ def lion_(
         m \leftarrow \beta_2 m + (1 - \beta_2) g
 
     with :math:`d` = ``lion_core.decay_factor(lr, weight_decay, max_lr)``. Gradients are only read.
+    The full contract (hand-back, aliasing, ``cautious_reduce``): ``lion_kernels._contract``.
 
     Args:
       params: the parameters, updated in place (complex ones passed as real views).
       grads: their gradients, one per parameter.
-      exp_avgs: their momenta, updated in place.
-      lr: the learning rate, a float or a 0-d CPU tensor.
+      momenta: their momenta, updated in place.
+      lr: the learning rate, a float or a one-element CPU tensor.
       beta1: the interpolation coefficient of the direction.
       beta2: the decay rate of the momentum.
       weight_decay: decoupled weight decay.
@@ -413,41 +311,54 @@ def lion_(
       cautious: mask the update where it disagrees in sign with the gradient (per tensor).
       maximize: ascend instead of descend.
       grad_scale: GradScaler's scale; the kernel divides the gradients by it. Default ``None``.
-      found_inf: GradScaler's flag; when nonzero the step is skipped entirely. Default ``None``.
+      found_inf: GradScaler's flag; when nonzero nothing is written and ``[]`` is returned.
+        Default ``None``.
+      cautious_reduce: turns local (kept, count) rows into global ones (DTensor shards). Default
+        ``None``.
+
+    Returns:
+      The sorted indices of the triples left untouched: unsupported, or overlapping in memory.
 
     Raises:
-      ImportError: the kernel is unavailable (see ``require``).
-      RuntimeError: a tensor that the kernel cannot take (wrong dtype, device, size or layout), or
-        lists of different lengths. Every tensor is checked before the kernel runs, so nothing has
-        been modified when this is raised: a caller may call ``lion_`` directly and sort the
-        parameters with ``supports`` only when it raises, which saves a second bulk check.
+      KernelError: the kernel is unavailable (see :func:`unavailable_reason`), the lists differ in
+        length, or ``cautious_reduce`` returned something else than the counts' shape and dtype.
+        Nothing has been written when it is raised.
 
     Example:
       >>> import torch
       >>> from lion_kernels import cpu_lion
-      >>> p, g, m = [torch.ones(3)], [torch.full((3,), -1.0)], [torch.zeros(3)]
-      >>> if cpu_lion.available():
-      ...     cpu_lion.lion_(p, g, m, lr=0.5, beta1=0.9, beta2=0.99, weight_decay=0.0,
-      ...                    max_lr=None, cautious=False, maximize=False)
-      ...     print(p[0].tolist())
+      >>> p, g, m = [torch.ones(3), torch.ones(2, 2).t()], [torch.full((3,), -1.0), torch.ones(2, 2).t()], [torch.zeros(3), torch.zeros(2, 2).t()]
+      >>> if cpu_lion.unavailable_reason() is None:
+      ...     left = cpu_lion.lion_(p, g, m, lr=0.5, beta1=0.9, beta2=0.99, weight_decay=0.0,
+      ...                           max_lr=None, cautious=False, maximize=False)
+      ...     print(p[0].tolist(), left)  # the transposed (non-contiguous) triple is handed back
       ... else:
-      ...     print([1.5, 1.5, 1.5])
-      [1.5, 1.5, 1.5]
+      ...     print([1.5, 1.5, 1.5], [1])
+      [1.5, 1.5, 1.5] [1]
 
     References:
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
-    function = _load()
-    if function is None:
-        require()
-    count = len(params)
-    if len(grads) != count or len(exp_avgs) != count:
-        raise lion_core.incompatible(
-            "`params`, `grads` and `exp_avgs` must have one entry per parameter. Received: "
-            f"{count} params, {len(grads)} grads, {len(exp_avgs)} exp_avgs"
-        )
-    if count == 0 or (found_inf is not None and float(found_inf) != 0.0):
-        return
+    n = check_lengths(params, grads, momenta)
+    library = _load()
+    if n == 0 or (found_inf is not None and float(found_inf) != 0.0):
+        return []
+    codes = bulk_plain(params, grads, momenta, _CODES)
+    refused: list[int] = []
+    if codes is not None and all(map(_is_cpu, (*params, *grads, *momenta))):
+        positions = None
+        plan = _plan(params, grads, momenta, codes)
+    else:
+        positions = [i for i in range(n) if supports(params[i], grads[i], momenta[i])]
+        refused = sorted(set(range(n)).difference(positions))
+        if not positions:
+            return refused
+        params = [params[i] for i in positions]
+        grads = [grads[i] for i in positions]
+        momenta = [momenta[i] for i in positions]
+        codes = [triple_code(p.dtype, g.dtype, m.dtype) for p, g, m in zip(params, grads, momenta)]  # type: ignore[misc]
+        plan = _plan(params, grads, momenta, codes)  # type: ignore[arg-type]
+
     lr = float(lr)
     beta1, beta2 = float(beta1), float(beta2)
     # Python floats, as lion_core computes them: the kernel rounds each to its compute dtype, just as
@@ -466,16 +377,36 @@ def lion_(
     )
     flags = (_CAUTIOUS if cautious else 0) | (_MAXIMIZE if maximize else 0)
     flags |= 0 if grad_scale is None else _UNSCALE
-
-    tables = _tables(params, grads, exp_avgs)
     threads = torch.get_num_threads()
-    for kind, count, table in tables:
-        status = function(
-            kind, count, table.buffer_info()[0], scalars.buffer_info()[0], flags, _CHUNK, threads
+    scalars_address = scalars.buffer_info()[0]
+
+    counts: dict[int, array] = {}
+    if cautious and plan.updated:
+        kept: dict[int, int] = {}
+        for kind, chosen, table in plan.tables:
+            out = array("q", bytes(8 * len(chosen)))
+            library.count(kind, len(chosen), table.buffer_info()[0], scalars_address, flags, _CHUNK,
+                          threads, out.buffer_info()[0])
+            kept.update(zip(chosen, out))
+        local = torch.tensor([[kept[i], size] for i, size in zip(plan.updated, plan.numels)],
+                             dtype=torch.int64).reshape(len(plan.updated), 2)
+        rows = global_counts(cautious_reduce, local).tolist()
+        row_of = dict(zip(plan.updated, rows))
+        for kind, chosen, _ in plan.tables:
+            counts[kind] = array("q", [value for i in chosen for value in row_of[i]])
+    for kind, chosen, table in plan.tables:
+        status = library.lion(
+            kind, len(chosen), table.buffer_info()[0], scalars_address, flags, _CHUNK, threads,
+            counts[kind].buffer_info()[0] if kind in counts else None,
         )
         if status != 0:
             raise MemoryError(f"the fused CPU Lion kernel failed with status {status}")
-    # The kernel writes through raw pointers; bump the version counters as an in-place torch op
-    # would, so autograd still detects a saved tensor that was modified.
-    torch._C._increment_version(list(params))
-    torch._C._increment_version(list(exp_avgs))
+    if plan.updated:
+        # The kernel writes through raw pointers; bump the version counters as an in-place torch op
+        # would, so autograd still detects a saved tensor that was modified.
+        torch._C._increment_version([params[i] for i in plan.updated])
+        torch._C._increment_version([momenta[i] for i in plan.updated])
+    if not plan.overlapping:
+        return refused
+    aliased = plan.overlapping if positions is None else [positions[i] for i in plan.overlapping]
+    return sorted([*refused, *aliased])

@@ -36,8 +36,10 @@ CPU tensors run through the same kernel source under the Triton interpreter when
 ``TRITON_INTERPRET=1`` is set (for tests: slow). CUDA tensors always run the compiled kernel, even
 when that variable is set.
 
-The module shares its interface with the CPU kernel (``lion_kernels.cpu_lion``): ``available``,
-``require``, ``supports`` and ``lion_``. Importing it never imports Triton.
+The module implements the kernel contract (``lion_kernels._contract``) that the CPU kernel
+(``lion_kernels.cpu_lion``) implements too: ``unavailable_reason``, ``supports`` and ``lion_``, which
+hands back the indices of the triples it did not update (unsupported, or overlapping in memory).
+Importing it never imports Triton; :func:`unavailable_reason` only looks for it.
 
 Example:
   >>> import torch
@@ -45,9 +47,9 @@ Example:
   >>> device = "cuda" if torch.cuda.is_available() else "cpu"
   >>> p = torch.tensor([1.0, -2.0], device=device)
   >>> g, m = torch.tensor([0.5, -0.5], device=device), torch.zeros(2, device=device)
-  >>> if triton_lion.available() and triton_lion.supports(p, g, m):
-  ...     triton_lion.lion_([p], [g], [m], lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0,
-  ...                       max_lr=None, cautious=False, maximize=False)
+  >>> if triton_lion.unavailable_reason() is None and triton_lion.supports(p, g, m):
+  ...     _ = triton_lion.lion_([p], [g], [m], lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0,
+  ...                           max_lr=None, cautious=False, maximize=False)
   ... else:
   ...     p = torch.tensor([0.9, -1.9])
   >>> p.tolist()
@@ -62,10 +64,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import operator
 import os
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -74,7 +77,23 @@ import torch
 
 import lion_core
 
-__all__ = ["BLOCK", "CHUNK", "NUM_WARPS", "available", "lion_", "require", "supports"]
+from ._contract import (
+    DTYPE_CODE,
+    CautiousReduce,
+    KernelError,
+    TableCache,
+    bulk_plain,
+    check_lengths,
+    global_counts,
+    overlapping,
+    plain_triple,
+    triple_code,
+)
+
+__all__ = ["BLOCK", "CHUNK", "NUM_WARPS", "device_type", "lion_", "name", "supports", "unavailable_reason"]
+
+name = "triton_lion"
+device_type = "cuda"
 
 #: Elements per loop iteration of a program: 4 warps of 32 threads, 8 elements each.
 BLOCK = 1024
@@ -87,14 +106,14 @@ _CACHE_SIZE = 64
 #: 16-byte alignment lets the compiler vectorize the unmasked accesses.
 _ALIGNMENT = 16
 
-# Storage dtype -> the kernel's kind constant (_triton_lion_kernels.F32 / BF16 / F16).
-_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+#: Storage dtypes the kernel reads and writes, in any (param, grad, momentum) combination; their
+#: codes (``_contract.DTYPE_CODE``) are the kernel's F32 / BF16 / F16 constants.
+_STORAGE = (torch.float32, torch.bfloat16, torch.float16)
+_CODES = frozenset(
+    code for triple in itertools.product(_STORAGE, repeat=3) if (code := triple_code(*triple)) is not None
+)
 _KERNELS_SOURCE = Path(__file__).resolve().parent / "_triton_lion_kernels.py"
 _TRUE = frozenset({"1", "true", "yes", "on", "y"})
-
-
-def _missing_triton() -> ImportError:
-    return lion_core.missing_dependency("Triton (pip install triton)", "pass fused=False")
 
 
 def _interpreting() -> bool:
@@ -102,57 +121,52 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
 
 
-_triton_error: BaseException | None = None
-_triton_checked = False
-
-
-def _import_triton() -> ModuleType | None:
-    """Imports Triton once; returns ``None`` (and remembers why) when it is missing or broken."""
-    global _triton_error, _triton_checked
-    if not _triton_checked:
-        _triton_checked = True
-        try:
-            import triton  # noqa: F401
-        except Exception as error:  # a broken install must not kill the program either
-            _triton_error = error
-    if _triton_error is not None:
-        return None
-    import triton
-
-    return triton
+_triton_found: bool | None = None
+_triton_error: str | None = None
+_import_lock = threading.Lock()
 
 
 def _cuda_available() -> bool:
     try:
         return torch.cuda.is_available()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken driver means "no CUDA" here
         return False
 
 
-def available() -> bool:
-    """Returns whether the kernel can run here: Triton imports, and CUDA (or the interpreter) is present.
+def unavailable_reason() -> str | None:
+    """``None`` when the kernel can run here; otherwise why not, and the remedy.
 
-    Never raises. With ``TRITON_INTERPRET=1`` the kernel also runs on CPU tensors, slowly, for tests.
+    Pure and cheap: looks for Triton without importing it (``importlib.util.find_spec``), and for a
+    CUDA device (or ``TRITON_INTERPRET=1``, which runs the kernel on CPU tensors, slowly, for tests).
+    After an import of Triton that failed in :func:`lion_`, returns that failure.
     """
-    if _import_triton() is None:
-        return False
-    return _interpreting() or _cuda_available()
-
-
-def require() -> None:
-    """Raises the error that names the remedy when :func:`available` is ``False``.
-
-    Raises:
-      ImportError: Triton is not installed (or fails to import).
-      RuntimeError: there is no CUDA device (and ``TRITON_INTERPRET=1`` is not set).
-    """
-    if _import_triton() is None:
-        raise _missing_triton() from _triton_error
+    global _triton_found
+    if _triton_error is not None:
+        return _triton_error
+    if _triton_found is None:
+        _triton_found = importlib.util.find_spec("triton") is not None
+    if not _triton_found:
+        return "Triton is not installed (pip install triton, or pass fused=False)"
     if not (_interpreting() or _cuda_available()):
-        raise lion_core.incompatible(
-            "`fused=True` runs a Triton kernel on CUDA tensors, but no CUDA device is available. "
-            "Pass fused=False (or set TRITON_INTERPRET=1 to run the kernel on CPU tensors, for tests)."
+        return (
+            "no CUDA device is available for the Triton kernel (pass fused=False, or set "
+            "TRITON_INTERPRET=1 to run it on CPU tensors, for tests)"
         )
+    return None
+
+
+def _import_triton() -> ModuleType:
+    """Imports Triton once; raises KernelError (and remembers why) when it is broken."""
+    global _triton_error
+    if _triton_error is None:
+        with _import_lock:
+            try:
+                import triton
+            except Exception as error:  # noqa: BLE001 - a broken install must not kill the program
+                _triton_error = f"Triton does not import ({type(error).__name__}: {error}); reinstall it or pass fused=False"
+            else:
+                return triton
+    raise KernelError(_triton_error)
 
 
 def _same_order(tensors: Sequence[torch.Tensor]) -> bool:
@@ -170,51 +184,29 @@ def _same_order(tensors: Sequence[torch.Tensor]) -> bool:
     return False
 
 
-def _unsupported(param: Any, grad: Any, exp_avg: Any) -> str | None:
-    """Why the kernel cannot take this triple, or ``None`` when it can."""
-    tensors = (param, grad, exp_avg)
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
-        return "tensors"
-    if any(t.layout != torch.strided for t in tensors):
-        return "dense (strided) tensors"
-    if param.dtype not in _KIND or grad.dtype not in _KIND or exp_avg.dtype not in _KIND:
-        return "float32, bfloat16 or float16 tensors"
-    device = param.device
-    if grad.device != device or exp_avg.device != device:
-        return "the parameter, gradient and momentum on one device"
-    if device.type == "cpu":
-        if not _interpreting():
-            return "CUDA tensors (CPU tensors only with TRITON_INTERPRET=1)"
-    elif device.type != "cuda":
-        return "CUDA tensors"
-    if not _same_order(tensors):
-        return "contiguous (or all channels-last) tensors"
-    if param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous():
-        # The kernel sees flat memory: contiguous tensors need only the same number of elements.
-        if grad.numel() != param.numel() or exp_avg.numel() != param.numel():
-            return "a gradient and momentum with the parameter's number of elements"
-    elif grad.shape != param.shape or exp_avg.shape != param.shape:
-        return "a gradient and momentum of the parameter's shape"
-    return None
+def _device_ok(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and _interpreting())
 
 
-def supports(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor) -> bool:
-    """Returns whether :func:`lion_` can update this parameter; the caller routes others to foreach.
+def supports(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) -> bool:
+    """Whether :func:`lion_` updates this triple (it hands the others back).
 
-    True for float32, bfloat16 and float16 tensors (any mix) on one CUDA device (or on the CPU with
-    ``TRITON_INTERPRET=1``) that are all contiguous with one number of elements, or all channels-last
-    with one shape. False for
-    anything else: strided views, complex tensors (pass ``torch.view_as_real`` views), float64,
-    sparse tensors, tensors on different devices. Does not check :func:`available`.
+    True for plain (not subclassed) float32, bfloat16 and float16 tensors (any mix) of one shape on
+    one CUDA device (or on the CPU with ``TRITON_INTERPRET=1``) that are all contiguous, or all
+    channels-last. False for anything else: strided views, complex tensors (pass
+    ``torch.view_as_real`` views), float64, sparse tensors, tensors on different devices, subclasses
+    (DTensor: pass its local shard). Does not check :func:`unavailable_reason`.
     """
-    return _unsupported(param, grad, exp_avg) is None
-
-
-def supports_all(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor]
-) -> bool:
-    """Returns whether :func:`supports` holds for every parameter (the launcher's bulk check)."""
-    return all(map(supports, params, grads, exp_avgs))
+    try:
+        return (
+            plain_triple(param, grad, momentum, _CODES)
+            and grad.device == param.device
+            and momentum.device == param.device
+            and _device_ok(param.device)
+            and _same_order((param, grad, momentum))
+        )
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class _Layout(NamedTuple):
@@ -232,60 +224,20 @@ class _Addresses(NamedTuple):
     aligned: bool
 
 
-class _TableCache:
-    """A least-recently-used map from what identifies a group's tensors to its device tables.
-
-    A table's content is a function of its key alone (addresses and sizes, per device and dtype
-    combination), so a hit is always correct: a replaced tensor has another address or size and
-    misses. Entries used while a CUDA graph is being captured are never evicted, since the graph
-    keeps reading them at every replay.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self._pinned: set[Hashable] = set()
-
-    def get(self, key: Hashable, build: Callable[[], Any], *, capturing: bool) -> Any:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-        else:
-            if capturing:
-                raise lion_core.incompatible(
-                    "The fused Lion step met new tensors while a CUDA graph was being captured; "
-                    "its address tables are built with a host-to-device copy, which cannot be "
-                    "captured. Run the step once before capturing it (warm-up), on the same tensors."
-                )
-            self.misses += 1
-            entry = build()
-            self._entries[key] = entry
-            self._evict()
-        if capturing:
-            self._pinned.add(key)
-        return entry
-
-    def _evict(self) -> None:
-        for key in list(self._entries):
-            if len(self._entries) <= self.size:
-                return
-            if key not in self._pinned:
-                del self._entries[key]
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._pinned.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
+_layouts = TableCache(_CACHE_SIZE)
+_addresses = TableCache(_CACHE_SIZE)
+#: Per set of addresses, sizes and dtypes: the indices of the triples that overlap in memory.
+_overlaps = TableCache(_CACHE_SIZE)
 
 
-_layouts = _TableCache(_CACHE_SIZE)
-_addresses = _TableCache(_CACHE_SIZE)
+def _cached(cache: TableCache, key: Any, build: Any, *, capturing: bool) -> Any:
+    if capturing and key not in cache:
+        raise KernelError(
+            "The fused Lion step met new tensors while a CUDA graph was being captured; "
+            "its address tables are built with a host-to-device copy, which cannot be "
+            "captured. Run the step once before capturing it (warm-up), on the same tensors."
+        )
+    return cache.get(key, build, pin=capturing)
 
 
 def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -327,16 +279,18 @@ def _kernel_module(interpret: bool) -> ModuleType:
     module = _modules.get(interpret)
     if module is None:
         triton = _import_triton()
-        if triton is None:
-            raise _missing_triton() from _triton_error
-        name = f"lion_kernels._triton_lion_kernels_{'interpreted' if interpret else 'compiled'}"
-        spec = importlib.util.spec_from_file_location(name, _KERNELS_SOURCE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        with triton.knobs.runtime.scope():
-            triton.knobs.runtime.interpret = interpret
-            spec.loader.exec_module(module)
-        _modules[interpret] = module
+        with _import_lock:
+            module = _modules.get(interpret)
+            if module is None:
+                name = f"lion_kernels._triton_lion_kernels_{'interpreted' if interpret else 'compiled'}"
+                spec = importlib.util.spec_from_file_location(name, _KERNELS_SOURCE)
+                if spec is None or spec.loader is None:
+                    raise KernelError(f"the Triton kernel's source {_KERNELS_SOURCE} is missing; reinstall lionkit")
+                module = importlib.util.module_from_spec(spec)
+                with triton.knobs.runtime.scope():
+                    triton.knobs.runtime.interpret = interpret
+                    spec.loader.exec_module(module)
+                _modules[interpret] = module
     return module
 
 
@@ -361,19 +315,14 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _describe(param: torch.Tensor, grad: Any, exp_avg: Any) -> str:
-    def one(t: Any) -> str:
-        if not isinstance(t, torch.Tensor):
-            return type(t).__name__
-        return f"{t.dtype} {tuple(t.shape)} stride={t.stride()} on {t.device}"
-
-    return f"param {one(param)}, grad {one(grad)}, exp_avg {one(exp_avg)}"
+_DEVICE = operator.attrgetter("device")
+_DTYPE = operator.attrgetter("dtype")
 
 
 def lion_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
+    momenta: Sequence[torch.Tensor],
     *,
     lr: float | torch.Tensor,
     beta1: float,
@@ -384,8 +333,9 @@ def lion_(
     maximize: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
-) -> None:
-    r"""Applies one Lion step to every parameter in place, in a few kernel launches.
+    cautious_reduce: CautiousReduce | None = None,
+) -> list[int]:
+    r"""Applies one Lion step in place to every supported triple, in a few launches; returns the others.
 
     .. math::
 
@@ -395,12 +345,12 @@ def lion_(
 
     with :math:`d = 1 - \eta\lambda`, or :math:`1 - \lambda \eta / \eta_\text{max}` when ``max_lr``
     is given (``lion_core.decay_factor``). Hyperparameters are validated by the caller
-    (``lion_torch.Lion``); every tensor must pass :func:`supports`.
+    (``lion_torch.Lion``). The full contract: ``lion_kernels._contract``.
 
     Args:
       params: the parameters :math:`p`, updated in place.
       grads: their gradients :math:`g`, read only.
-      exp_avgs: their momenta :math:`m`, updated in place.
+      momenta: their momenta :math:`m`, updated in place.
       lr: the learning rate :math:`\eta`: a float, or a one-element tensor. On the parameters'
         device it is read by the kernel (capturable; changing it neither recompiles nor syncs);
         a CPU tensor is read on the host.
@@ -412,131 +362,161 @@ def lion_(
       maximize: ascend instead of descend.
       grad_scale: ``GradScaler``'s scale (one-element float tensor): gradients are divided by it in
         the kernel. Default ``None``.
-      found_inf: ``GradScaler``'s flag: when nonzero the step changes nothing, decided on the device.
-        Default ``None``.
+      found_inf: ``GradScaler``'s flag: when nonzero the step changes nothing, decided on the device
+        (a CPU flag is read on the host, and ``[]`` returned). Default ``None``.
+      cautious_reduce: turns the local (kept, count) rows into global ones (DTensor shards); the
+        rows are assembled on the tensors' device. Default ``None``.
+
+    Returns:
+      The sorted indices of the triples left untouched: unsupported, or overlapping in memory.
 
     Raises:
-      ValueError: the lists differ in length, or a parameter fails :func:`supports`.
-      ImportError, RuntimeError: as :func:`require`.
+      KernelError: Triton is missing or broken, there is no CUDA device (see
+        :func:`unavailable_reason`), the lists differ in length, ``cautious_reduce`` is given for
+        tensors on several devices or returned counts of another shape or dtype.
 
     Example:
       >>> import torch
-      >>> from lion_kernels.triton_lion import available, lion_
-      >>> if available() and torch.cuda.is_available():
+      >>> from lion_kernels.triton_lion import unavailable_reason, lion_
+      >>> if unavailable_reason() is None and torch.cuda.is_available():
       ...     p = torch.ones(3, device="cuda"); m = torch.zeros(3, device="cuda")
-      ...     lion_([p], [torch.ones(3, device="cuda")], [m], lr=0.1, beta1=0.9, beta2=0.99,
-      ...           weight_decay=0.0, max_lr=None, cautious=False, maximize=False)
+      ...     left = lion_([p], [torch.ones(3, device="cuda")], [m], lr=0.1, beta1=0.9, beta2=0.99,
+      ...                  weight_decay=0.0, max_lr=None, cautious=False, maximize=False)
 
     References:
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
-    n = len(params)
-    if len(grads) != n or len(exp_avgs) != n:
-        raise lion_core.invalid_value(
-            "grads", f"one gradient and one momentum per parameter ({n})",
-            f"{len(grads)} gradients, {len(exp_avgs)} momenta",
-        )
-    if not n:
-        return
-    tensors = [*params, *grads, *exp_avgs]
-    # Attributes are read with map over C methods, one pass each: a per-tensor Python loop costs
-    # microseconds per tensor, which for a thousand small tensors would rival the kernel's time.
-    try:
-        contiguous = all(map(torch.Tensor.is_contiguous, tensors))
-    except (TypeError, RuntimeError):  # not a tensor; a sparse CSR tensor
-        contiguous = False
-    if contiguous:
+    n = check_lengths(params, grads, momenta)
+    reason = unavailable_reason()
+    if reason is not None:
+        raise KernelError(f"The fused Triton Lion kernel cannot run: {reason}")
+    if n == 0:
+        return []
+    if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
+        return []
+    tensors = [*params, *grads, *momenta]
+    positions: list[int] | None = None
+    refused: list[int] = []
+    codes = bulk_plain(params, grads, momenta, _CODES)
+    devices = list(map(_DEVICE, tensors)) if codes is not None else []
+    if codes is None or not (
+        all(map(_device_ok, set(devices)))
+        and (devices.count(devices[0]) == 3 * n or devices[:n] == devices[n : 2 * n] == devices[2 * n :])
+    ):
+        # A slower pass, per triple: channels-last triples are supported, the rest handed back.
+        positions = [i for i in range(n) if supports(params[i], grads[i], momenta[i])]
+        refused = sorted(set(range(n)).difference(positions))
+        if not positions:
+            return refused
+        params = [params[i] for i in positions]
+        grads = [grads[i] for i in positions]
+        momenta = [momenta[i] for i in positions]
+        n = len(positions)
+        tensors = [*params, *grads, *momenta]
         devices = list(map(_DEVICE, tensors))
-        dtypes = list(map(_DTYPE, tensors))
-        numels = list(map(torch.Tensor.numel, tensors))
-        contiguous = _plainly_supported(devices, dtypes, numels, n)
-    if not contiguous:
-        # A slow pass that names the first triple the kernel cannot take (or accepts channels-last).
-        for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs)):
-            reason = _unsupported(p, g, m)
-            if reason is not None:
-                raise lion_core.invalid_value(f"params[{i}]", reason, _describe(p, g, m))
-        devices = list(map(_DEVICE, tensors))
-        dtypes = list(map(_DTYPE, tensors))
-        numels = list(map(torch.Tensor.numel, tensors))
-    require()
+    _import_triton()
+    dtypes = list(map(_DTYPE, tensors))
+    numels = list(map(torch.Tensor.numel, params))
     pointers = list(map(torch.Tensor.data_ptr, tensors))
+    key = (tuple(pointers), tuple(numels), tuple(dtypes))
+    aliased = _cached(
+        _overlaps, key,
+        lambda: overlapping(pointers, [numels[k % n] * dtypes[k].itemsize for k in range(3 * n)], n),
+        capturing=any(map(_capturing, set(devices))),
+    )
+    skip = set(aliased)
+    updated = [i for i in range(n) if i not in skip]
+    groups: dict[tuple[torch.device, torch.dtype, torch.dtype, torch.dtype], list[int]] = {}
+    for i in updated:
+        if numels[i]:
+            groups.setdefault((devices[i], dtypes[i], dtypes[i + n], dtypes[i + 2 * n]), []).append(i)
+    if cautious and cautious_reduce is not None and len({devices[i] for i in updated}) > 1:
+        raise KernelError(
+            "`cautious_reduce` needs the tensors of one call on one device: their counts are gathered "
+            f"into one tensor. Received: tensors on {sorted(str(d) for d in {devices[i] for i in updated})}"
+        )
     hyper = dict(
         lr=lr,
         beta1=float(beta1),
         beta2=float(beta2),
         weight_decay=float(weight_decay),
         max_lr=None if max_lr is None else float(max_lr),
-        cautious=bool(cautious),
         maximize=bool(maximize),
         grad_scale=grad_scale,
         found_inf=found_inf,
     )
-    numels = numels[:n]
-    if (
-        devices.count(devices[0]) == 3 * n
-        and all(dtypes[k * n : (k + 1) * n].count(dtypes[k * n]) == n for k in range(3))
-        and 0 not in numels
-    ):  # the common case: one group, nothing empty
-        key = (devices[0], dtypes[0], dtypes[n], dtypes[2 * n])
-        _step_group(key, tuple(numels), tuple(pointers), **hyper)
-        return
-    groups: dict[tuple[torch.device, torch.dtype, torch.dtype, torch.dtype], list[int]] = {}
-    for i in range(n):
-        if numels[i]:
-            key = (devices[i], dtypes[i], dtypes[i + n], dtypes[i + 2 * n])
-            groups.setdefault(key, []).append(i)
-    for key, members in groups.items():
-        group_pointers = tuple(pointers[i + k * n] for k in range(3) for i in members)
-        _step_group(key, tuple(numels[i] for i in members), group_pointers, **hyper)
+    prepared = [
+        _prepare(key, tuple(numels[i] for i in members),
+                 tuple(pointers[i + k * n] for k in range(3) for i in members), bool(cautious), **hyper)
+        for key, members in groups.items()
+    ]
+    if cautious:
+        for launch in prepared:
+            launch.count()
+        if cautious_reduce is not None and updated:
+            device = devices[updated[0]]
+            local = torch.zeros((len(updated), 2), dtype=torch.int64, device=device)
+            row = {i: r for r, i in enumerate(updated)}
+            where = [torch.tensor([row[i] for i in members], device=device) for members in groups.values()]
+            for launch, rows in zip(prepared, where):
+                local.index_copy_(0, rows, launch.counts)
+            total = global_counts(cautious_reduce, local)
+            for launch, rows in zip(prepared, where):
+                launch.counts = total.index_select(0, rows)
+    for launch in prepared:
+        launch.update()
+    if not aliased:
+        return refused
+    handed = aliased if positions is None else [positions[i] for i in aliased]
+    return sorted([*refused, *handed])
 
 
-_DEVICE = operator.attrgetter("device")
-_DTYPE = operator.attrgetter("dtype")
+class _Launch:
+    """The two launches of one group (one device, one dtype combination, no empty tensor): the
+    cautious count (optional) and the update, sharing their arguments."""
+
+    def __init__(self, kernel: Any, grid: tuple[int], arguments: dict[str, Any], device: torch.device,
+                 counts: torch.Tensor) -> None:
+        self.kernel, self.grid, self.arguments, self.device, self.counts = kernel, grid, arguments, device, counts
+
+    def _guard(self) -> Any:
+        # Triton launches on the current device.
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def count(self) -> None:
+        with self._guard():
+            _launch(self.kernel, self.grid, {**self.arguments, "counts_ptr": self.counts, "COUNT_ONLY": True})
+
+    def update(self) -> None:
+        with self._guard():
+            _launch(self.kernel, self.grid, {**self.arguments, "counts_ptr": self.counts, "COUNT_ONLY": False})
 
 
-def _plainly_supported(
-    devices: list[torch.device], dtypes: list[torch.dtype], numels: list[int], n: int
-) -> bool:
-    """For contiguous tensors: whether every triple is supported, checked in bulk."""
-    if not set(dtypes) <= _KIND.keys():
-        return False
-    if not numels[:n] == numels[n : 2 * n] == numels[2 * n :]:
-        return False  # contiguous tensors need only the same number of elements
-    distinct = set(devices)
-    allowed = {"cuda", "cpu"} if _interpreting() else {"cuda"}
-    if any(device.type not in allowed for device in distinct):
-        return False
-    return len(distinct) == 1 or devices[:n] == devices[n : 2 * n] == devices[2 * n :]
-
-
-def _step_group(
+def _prepare(
     key: tuple[torch.device, torch.dtype, torch.dtype, torch.dtype],
     numels: tuple[int, ...],
     pointers: tuple[int, ...],
+    cautious: bool,
     *,
     lr: float | torch.Tensor,
     beta1: float,
     beta2: float,
     weight_decay: float,
     max_lr: float | None,
-    cautious: bool,
     maximize: bool,
     grad_scale: torch.Tensor | None,
     found_inf: torch.Tensor | None,
-) -> None:
-    """Updates one group: tensors on one device with one dtype combination, none empty.
+) -> _Launch:
+    """The launches of one group: tensors on one device with one dtype combination, none empty.
 
     ``pointers`` holds the parameters' data pointers, then the gradients', then the momenta's.
     """
     device, dtypes = key[0], key[1:]
     capturing = _capturing(device)
-    layout = _layouts.get(
-        (device, dtypes, numels), lambda: _build_layout(numels, device), capturing=capturing
-    )
-    addresses = _addresses.get(
-        (device, dtypes, pointers), lambda: _build_addresses(pointers, device), capturing=capturing
-    )
+    layout = _cached(_layouts, (device, dtypes, numels), lambda: _build_layout(numels, device),
+                     capturing=capturing)
+    addresses = _cached(_addresses, (device, dtypes, pointers), lambda: _build_addresses(pointers, device),
+                        capturing=capturing)
     # Pointer arguments the chosen variant never reads still need a tensor.
     unused = layout.table
 
@@ -551,13 +531,17 @@ def _step_group(
         lr_tensor = unused
         lr_value = float(lr)  # a float, or a CPU tensor: no device synchronisation
         decay = float(lion_core.decay_factor(lr_value, weight_decay, max_lr))
-    counts = torch.zeros(len(numels), dtype=torch.int64, device=device) if cautious else unused
+    if cautious:
+        # (kept, element count) per tensor: the count launch adds up the kept entries.
+        counts = torch.zeros((len(numels), 2), dtype=torch.int64, device=device)
+        counts[:, 1] = torch.tensor(numels, dtype=torch.int64)
+    else:
+        counts = unused
     arguments = dict(
         addresses_ptr=addresses.table,
         layout_ptr=layout.table,
         n_tensors=layout.n_tensors,
         n_chunks=layout.n_chunks,
-        counts_ptr=counts,
         lr_ptr=lr_tensor,
         lr=lr_value,
         decay=decay,
@@ -570,9 +554,9 @@ def _step_group(
         one_minus_beta2=1.0 - beta2,
         grad_scale_ptr=unused if grad_scale is None else _on_device(grad_scale, device),
         found_inf_ptr=unused if found_inf is None else _on_device(found_inf, device),
-        P_KIND=_KIND[dtypes[0]],
-        G_KIND=_KIND[dtypes[1]],
-        M_KIND=_KIND[dtypes[2]],
+        P_KIND=DTYPE_CODE[dtypes[0]],
+        G_KIND=DTYPE_CODE[dtypes[1]],
+        M_KIND=DTYPE_CODE[dtypes[2]],
         LR_ON_DEVICE=lr_on_device,
         DECOUPLED=max_lr is not None,
         MAXIMIZE=maximize,
@@ -584,12 +568,7 @@ def _step_group(
         CHUNK=CHUNK,
     )
     kernel = _kernel_module(interpret=device.type == "cpu").lion_kernel
-    grid = (layout.n_chunks,)
-    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with guard:  # Triton launches on the current device
-        if cautious:
-            _launch(kernel, grid, {**arguments, "COUNT_ONLY": True})
-        _launch(kernel, grid, {**arguments, "COUNT_ONLY": False})
+    return _Launch(kernel, (layout.n_chunks,), arguments, device, counts)
 
 
 def _compiled_variants() -> int:
@@ -609,8 +588,6 @@ def _compile_for_inspection(arch: int = 90, **constexprs: Any) -> dict[str, Any]
     launcher's tensors are; ``constexprs`` override the float32, non-cautious defaults.
     """
     triton = _import_triton()
-    if triton is None:
-        raise _missing_triton() from _triton_error
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 

@@ -1,8 +1,10 @@
 /*
  * Lion for CPU tensors: one pass over every tensor of a parameter group in one call.
  *
- * The Python launcher is kernels/cpu_lion.py; the math is lion_core/_rule.py, reproduced here in
- * the same operation order so that the fp32 and fp64 kernels match lion_core.reference bit for bit:
+ * Built when lionkit is installed, as the extension module lion_kernels._cpu_lion (setup.py); the
+ * Python launcher is kernels/cpu_lion.py, which calls the two functions whose addresses the module
+ * exports. The math is lion_core/_rule.py, in the same operation order, so that the fp32 and fp64
+ * kernels match lion_core.reference bit for bit:
  *
  *   g  = maximize ? -(g / grad_scale) : g / grad_scale        (unscale only when asked)
  *   c  = beta1 * m + (1 - beta1) * g
@@ -14,7 +16,13 @@
  * Built with -ffp-contract=off and without -ffast-math: no fused multiply-adds, no reassociation, and
  * NaN comparisons keep their IEEE meaning. Plain C11 plus OpenMP pragmas; without OpenMP the pragmas
  * are ignored and the kernel runs on one thread. No OpenMP runtime functions are called, so the
- * library links without libgomp when the compiler has no OpenMP.
+ * module links without libgomp when the compiler has no OpenMP.
+ *
+ * Instruction sets: one binary serves every x86-64 CPU. The streaming loops (segment_* and count_*)
+ * are compiled three times by GCC's target_clones (AVX-512F, AVX2, baseline x86-64); the dynamic
+ * loader picks one per process from the CPU's features (an ifunc resolver, run once at load).
+ * Elsewhere (other architectures, compilers without the attribute) they are compiled once, for the
+ * baseline of the target.
  *
  * The tensors are concatenated into one index space [0, total) described by the prefix sums `offsets`
  * (int64, n + 1 entries), which is cut into fixed-size chunks; a chunk may span several small
@@ -23,13 +31,17 @@
  * that the OS preempts (other processes, a data loader) does not leave its share for the others to
  * wait on at the barrier.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define LIONKIT_CPU_ABI 1
+#define LIONKIT_CPU_ABI 2
 
-enum { KIND_F32 = 0, KIND_F64 = 1, KIND_BF16 = 2 };
+/* (param, grad, momentum) dtype triples, numbered as lion_kernels._contract.triple_code does:
+ * 16 * param + 4 * grad + momentum, with float32 = 0, bfloat16 = 1, float16 = 2, float64 = 3. */
+enum { KIND_F32 = 0, KIND_F64 = 63, KIND_BF16 = 20, KIND_BF16_M_BF16 = 21 };
 enum { FLAG_CAUTIOUS = 1, FLAG_MAXIMIZE = 2, FLAG_UNSCALE = 4 };
 /* Order of the host-computed scalars (float64, converted here to the compute type, as NumPy
  * converts a Python float when it meets an array of that type). */
@@ -37,7 +49,14 @@ enum { S_BETA1, S_ONE_MINUS_BETA1, S_BETA2, S_ONE_MINUS_BETA2, S_LR, S_DECAY, S_
 
 #define INLINE static inline __attribute__((always_inline))
 
-int lionkit_cpu_abi(void) { return LIONKIT_CPU_ABI; }
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef DISPATCH
+#define DISPATCH
+#endif
 
 /* bfloat16 is the top half of a float32: widening is exact. */
 INLINE float bf16_load(uint16_t h) {
@@ -48,7 +67,8 @@ INLINE float bf16_load(uint16_t h) {
 }
 
 /* Round to nearest, ties to even, as torch's c10::BFloat16 does; every NaN becomes the canonical
- * quiet NaN 0x7fc0 (adding the rounding bias to a NaN could carry it into infinity). */
+ * quiet NaN 0x7fc0 (as torch stores it; adding the rounding bias to a NaN could carry it into
+ * infinity). The Triton kernel encodes NaN the same way. */
 INLINE uint16_t bf16_store(float f) {
     uint32_t bits;
     memcpy(&bits, &f, sizeof bits);
@@ -68,13 +88,15 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
 }
 
 /*
- * DEFINE_KIND generates the segment functions and the driver for one storage/compute combination.
- * PT: parameter and gradient storage, MT: momentum storage, CT: compute type.
- * The boolean parameters of the always-inline segment bodies are compile-time constants at each call
- * site, so each combination of cautious and unscale becomes its own branch-free, vectorised loop;
- * maximize is a multiplication by -1, exact, so it needs no loop of its own.
+ * DEFINE_KIND generates the segment functions and the drivers for one storage/compute combination.
+ * PT: parameter and gradient storage, MT: momentum storage, CT: compute type; LOAD/STORE convert
+ * parameters and gradients, MLOAD/MSTORE momenta. The boolean parameters of the always-inline loop
+ * bodies are compile-time constants at each call site, so each combination of cautious and unscale
+ * becomes its own branch-free, vectorised loop; maximize is a multiplication by -1, exact, so it
+ * needs no loop of its own. segment_* and count_* carry DISPATCH: the inlined loops are compiled
+ * once per instruction set.
  */
-#define DEFINE_KIND(SUFFIX, PT, MT, CT, LOAD, STORE)                                                  \
+#define DEFINE_KIND(SUFFIX, PT, MT, CT, LOAD, STORE, MLOAD, MSTORE)                                   \
     INLINE CT grad_##SUFFIX(PT g, int unscale, CT grad_scale, CT direction) {                         \
         /* direction is +1 or -1 (maximize): multiplying by it negates exactly, NaN included. */     \
         CT x = LOAD(g);                                                                               \
@@ -95,7 +117,7 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
         const CT lr = sc[S_LR], decay = sc[S_DECAY], grad_scale = sc[S_GRAD_SCALE];                   \
         for (int64_t i = 0; i < len; ++i) {                                                           \
             const CT gi = grad_##SUFFIX(g[i], unscale, grad_scale, direction);                        \
-            const CT mi = (CT)m[i];                                                                   \
+            const CT mi = MLOAD(m[i]);                                                                \
             const CT c = beta1 * mi + omb1 * gi;                                                      \
             CT u = sign_##SUFFIX(c);                                                                  \
             if (cautious) {                                                                           \
@@ -105,7 +127,7 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
                 u = u * mask * scale;                                                                 \
             }                                                                                         \
             p[i] = STORE((CT)(LOAD(p[i]) * decay - lr * u));                                          \
-            m[i] = (MT)(beta2 * mi + omb2 * gi);                                                      \
+            m[i] = MSTORE((CT)(beta2 * mi + omb2 * gi));                                              \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
@@ -115,15 +137,15 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
         int64_t kept = 0;                                                                             \
         for (int64_t i = 0; i < len; ++i) {                                                           \
             const CT gi = grad_##SUFFIX(g[i], unscale, grad_scale, direction);                        \
-            const CT c = beta1 * (CT)m[i] + omb1 * gi;                                                \
+            const CT c = beta1 * MLOAD(m[i]) + omb1 * gi;                                             \
             const CT u = sign_##SUFFIX(c);                                                            \
             kept += u * gi > (CT)0;                                                                   \
         }                                                                                             \
         return kept;                                                                                  \
     }                                                                                                 \
                                                                                                       \
-    static void segment_##SUFFIX(PT *p, const PT *g, MT *m, int64_t len, const CT *sc, int flags,     \
-                                 CT scale) {                                                          \
+    DISPATCH static void segment_##SUFFIX(PT *p, const PT *g, MT *m, int64_t len, const CT *sc,       \
+                                          int flags, CT scale) {                                      \
         const CT direction = (flags & FLAG_MAXIMIZE) ? (CT)-1 : (CT)1;                                \
         if (flags & FLAG_CAUTIOUS) {                                                                  \
             if (flags & FLAG_UNSCALE) update_##SUFFIX(p, g, m, len, sc, 1, scale, 1, direction);      \
@@ -134,53 +156,68 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    static int64_t count_##SUFFIX(const PT *g, const MT *m, int64_t len, const CT *sc, int flags) {   \
+    DISPATCH static int64_t count_##SUFFIX(const PT *g, const MT *m, int64_t len, const CT *sc,       \
+                                           int flags) {                                               \
         const CT direction = (flags & FLAG_MAXIMIZE) ? (CT)-1 : (CT)1;                                \
         if (flags & FLAG_UNSCALE) return kept_##SUFFIX(g, m, len, sc, 1, direction);                  \
         return kept_##SUFFIX(g, m, len, sc, 0, direction);                                            \
     }                                                                                                 \
                                                                                                       \
+    static void load_scalars_##SUFFIX(CT *sc, const double *scalars) {                                \
+        for (int k = 0; k < S_COUNT; ++k) sc[k] = (CT)scalars[k];                                     \
+    }                                                                                                 \
+                                                                                                      \
+    static void kept_counts_##SUFFIX(int64_t n, const PT *const *gs, const MT *const *ms,             \
+                                     const int64_t *offsets, const double *scalars, int flags,        \
+                                     int64_t chunk, int threads, int64_t *kept) {                     \
+        CT sc[S_COUNT];                                                                               \
+        load_scalars_##SUFFIX(sc, scalars);                                                           \
+        const int64_t total = offsets[n];                                                             \
+        const int64_t chunks = (total + chunk - 1) / chunk;                                           \
+        for (int64_t t = 0; t < n; ++t) kept[t] = 0;                                                  \
+        if (threads > chunks) threads = (int)chunks;                                                  \
+        if (threads < 1) threads = 1;                                                                 \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                         \
+        for (int64_t c = 0; c < chunks; ++c) {                                                        \
+            int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;                     \
+            for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {                               \
+                int64_t end = offsets[t + 1] < hi ? offsets[t + 1] : hi;                              \
+                if (end > lo) {                                                                       \
+                    int64_t start = lo - offsets[t];                                                  \
+                    int64_t k = count_##SUFFIX(gs[t] + start, ms[t] + start, end - lo, sc, flags);    \
+                    _Pragma("omp atomic")                                                             \
+                    kept[t] += k;                                                                     \
+                }                                                                                     \
+                lo = end;                                                                             \
+            }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+                                                                                                      \
     static int run_##SUFFIX(int64_t n, PT *const *ps, const PT *const *gs, MT *const *ms,             \
                             const int64_t *offsets, const double *scalars, int flags, int64_t chunk,  \
-                            int threads) {                                                            \
+                            int threads, const int64_t *counts) {                                     \
         CT sc[S_COUNT];                                                                               \
-        for (int k = 0; k < S_COUNT; ++k) sc[k] = (CT)scalars[k];                                     \
+        load_scalars_##SUFFIX(sc, scalars);                                                           \
         const int64_t total = offsets[n];                                                             \
         const int64_t chunks = (total + chunk - 1) / chunk;                                           \
         if (chunks == 0) return 0;                                                                    \
         if (threads > chunks) threads = (int)chunks;                                                  \
         if (threads < 1) threads = 1;                                                                 \
-        int64_t *kept = NULL;                                                                         \
         CT *scale = NULL;                                                                             \
         if (flags & FLAG_CAUTIOUS) {                                                                  \
-            /* First pass: per tensor, how many entries the mask keeps. */                            \
-            kept = (int64_t *)calloc((size_t)n, sizeof *kept);                                        \
+            /* counts: (kept, element count) per tensor, of the whole tensor (all shards). */         \
             scale = (CT *)malloc((size_t)n * sizeof *scale);                                          \
-            if (kept == NULL || scale == NULL) { free(kept); free(scale); return -1; }                \
-            _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                         \
-            for (int64_t c = 0; c < chunks; ++c) {                                                    \
-                int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;                 \
-                for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {                           \
-                    int64_t end = offsets[t + 1] < hi ? offsets[t + 1] : hi;                          \
-                    if (end > lo) {                                                                   \
-                        int64_t start = lo - offsets[t];                                              \
-                        int64_t k = count_##SUFFIX(gs[t] + start, ms[t] + start, end - lo, sc, flags); \
-                        _Pragma("omp atomic")                                                         \
-                        kept[t] += k;                                                                 \
-                    }                                                                                 \
-                    lo = end;                                                                         \
-                }                                                                                     \
-            }                                                                                         \
+            if (scale == NULL) return -1;                                                             \
             for (int64_t t = 0; t < n; ++t) {                                                         \
-                int64_t size = offsets[t + 1] - offsets[t];                                           \
+                int64_t kept = counts[2 * t], size = counts[2 * t + 1];                               \
                 /* NumPy's mean: the float sum of the 0/1 mask divided by the size in float64,   */   \
                 /* rounded to the compute type; a tensor where nothing is kept divides by 1.      */  \
-                CT fraction = size > 0 ? (CT)((double)kept[t] / (double)size) : (CT)0;                \
+                CT fraction = size > 0 ? (CT)((double)kept / (double)size) : (CT)0;                   \
                 CT divisor = fraction > (CT)0 ? fraction : (CT)1;                                     \
                 scale[t] = (CT)1 / divisor;                                                           \
             }                                                                                         \
         }                                                                                             \
-        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                             \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                         \
         for (int64_t c = 0; c < chunks; ++c) {                                                        \
             int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;                     \
             for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {                               \
@@ -193,40 +230,94 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
                 lo = end;                                                                             \
             }                                                                                         \
         }                                                                                             \
-        free(kept);                                                                                   \
         free(scale);                                                                                  \
         return 0;                                                                                     \
     }
 
 #define IDENTITY(x) (x)
-DEFINE_KIND(f32, float, float, float, IDENTITY, IDENTITY)
-DEFINE_KIND(f64, double, double, double, IDENTITY, IDENTITY)
-DEFINE_KIND(bf16, uint16_t, float, float, bf16_load, bf16_store)
+DEFINE_KIND(f32, float, float, float, IDENTITY, IDENTITY, IDENTITY, IDENTITY)
+DEFINE_KIND(f64, double, double, double, IDENTITY, IDENTITY, IDENTITY, IDENTITY)
+DEFINE_KIND(bf16, uint16_t, float, float, bf16_load, bf16_store, IDENTITY, IDENTITY)
+DEFINE_KIND(bf16m, uint16_t, uint16_t, float, bf16_load, bf16_store, bf16_load, bf16_store)
 
 /*
- * One Lion step over n tensors of one kind.
+ * The two entry points share their arguments:
  *
+ * kind: KIND_*; n: the number of tensors.
  * table: 3 * n pointers (parameters, gradients, momenta, each n long) followed by n + 1 int64 prefix
  *   offsets (offsets[0] = 0, offsets[n] = total number of elements). Pointers travel as int64.
  * scalars: S_COUNT float64 values in the order of the enum above.
- * Returns 0, or -1 when the cautious pass cannot allocate its per-tensor counters, -2 for an
- * unknown kind.
+ * flags: FLAG_*; chunk: elements per work item; threads: the most OpenMP threads to use.
  */
-int lionkit_cpu_lion(int kind, int64_t n, const int64_t *table, const double *scalars, int flags,
-                     int64_t chunk, int threads) {
+#define DISPATCH_KIND(CALL_F32, CALL_F64, CALL_BF16, CALL_BF16M)                                      \
+    switch (kind) {                                                                                   \
+    case KIND_F32: CALL_F32; break;                                                                   \
+    case KIND_F64: CALL_F64; break;                                                                   \
+    case KIND_BF16: CALL_BF16; break;                                                                 \
+    case KIND_BF16_M_BF16: CALL_BF16M; break;                                                         \
+    default: return -2;                                                                               \
+    }
+
+#define PS(T) ((T *const *)table)
+#define GS(T) ((const T *const *)(table + n))
+#define MS(T) ((T *const *)(table + 2 * n))
+
+/* Cautious masking, first pass: kept[t] = how many entries of tensor t the mask keeps (this
+ * process's tensors only; the caller may add up the counts of other shards). Returns 0, or -2 for an
+ * unknown kind. */
+static int lionkit_cpu_count(int kind, int64_t n, const int64_t *table, const double *scalars, int flags,
+                             int64_t chunk, int threads, int64_t *kept) {
     if (n <= 0) return 0;
     const int64_t *offsets = table + 3 * n;
-    switch (kind) {
-    case KIND_F32:
-        return run_f32(n, (float *const *)table, (const float *const *)(table + n),
-                       (float *const *)(table + 2 * n), offsets, scalars, flags, chunk, threads);
-    case KIND_F64:
-        return run_f64(n, (double *const *)table, (const double *const *)(table + n),
-                       (double *const *)(table + 2 * n), offsets, scalars, flags, chunk, threads);
-    case KIND_BF16:
-        return run_bf16(n, (uint16_t *const *)table, (const uint16_t *const *)(table + n),
-                        (float *const *)(table + 2 * n), offsets, scalars, flags, chunk, threads);
-    default:
-        return -2;
+    DISPATCH_KIND(
+        kept_counts_f32(n, GS(float), (const float *const *)MS(float), offsets, scalars, flags, chunk, threads, kept),
+        kept_counts_f64(n, GS(double), (const double *const *)MS(double), offsets, scalars, flags, chunk, threads, kept),
+        kept_counts_bf16(n, GS(uint16_t), (const float *const *)MS(float), offsets, scalars, flags, chunk, threads, kept),
+        kept_counts_bf16m(n, GS(uint16_t), (const uint16_t *const *)MS(uint16_t), offsets, scalars, flags, chunk, threads, kept))
+    return 0;
+}
+
+/* One Lion step over n tensors of one kind. counts: with FLAG_CAUTIOUS, 2 * n int64 values, (kept,
+ * element count) per tensor, of the whole tensor; otherwise unused (may be NULL). Returns 0, -1 when
+ * the cautious scales cannot be allocated, -2 for an unknown kind. */
+static int lionkit_cpu_lion(int kind, int64_t n, const int64_t *table, const double *scalars, int flags,
+                            int64_t chunk, int threads, const int64_t *counts) {
+    if (n <= 0) return 0;
+    const int64_t *offsets = table + 3 * n;
+    int status = 0;
+    DISPATCH_KIND(
+        status = run_f32(n, PS(float), GS(float), MS(float), offsets, scalars, flags, chunk, threads, counts),
+        status = run_f64(n, PS(double), GS(double), MS(double), offsets, scalars, flags, chunk, threads,
+                         counts),
+        status = run_bf16(n, PS(uint16_t), GS(uint16_t), MS(float), offsets, scalars, flags, chunk, threads,
+                          counts),
+        status = run_bf16m(n, PS(uint16_t), GS(uint16_t), MS(uint16_t), offsets, scalars, flags, chunk,
+                           threads, counts))
+    return status;
+}
+
+/*
+ * The Python module: no Python-callable functions, only the addresses of the two entry points
+ * (called through ctypes, which releases the GIL for the call) and the ABI number the launcher
+ * checks. Importing it is how the launcher loads the library: a file that is not a loadable shared
+ * object raises ImportError there.
+ */
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "_cpu_lion",
+    "Lion's CPU kernel, compiled at install time; called by lion_kernels.cpu_lion.",
+    -1,
+    NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cpu_lion(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", LIONKIT_CPU_ABI) < 0 ||
+        PyModule_AddObject(m, "lion_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_lion)) < 0 ||
+        PyModule_AddObject(m, "count_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_count)) < 0) {
+        Py_DECREF(m);
+        return NULL;
     }
+    return m;
 }

@@ -1,8 +1,8 @@
-"""Shared pieces of the lion_torch tests: the implementation paths, a runner, and the budgets.
+"""The translator of the case table (``tests.cases``) for lion_torch, and its implementation paths.
 
-The oracle is ``lion_core.reference``. For parameters stored in bfloat16 it is run one step at a
-time in float32 with the parameter rounded to bfloat16 after each step (what "compute in float32,
-round once when stored" means); the rounding is torch's, the arithmetic the reference's.
+The oracle is ``lion_core.reference`` through ``tests.cases.reference``: float64 for float64 rows;
+for lower precision, float32 arithmetic rounded to the storage dtypes after each step (what "compute
+in float32, round once when stored" means).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lion_core.reference import reference_step
 from lion_torch import Lion
-from tests.support import assert_close, assert_exact
+from tests import cases
 
 
 def _fused_param() -> Any:
@@ -45,12 +44,43 @@ FLAGS: dict[str, dict[str, bool]] = {
     "fused": {"fused": True},
 }
 
-EPS64 = float(np.finfo(np.float64).eps)
+EPS64 = cases.EPS64
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def tensor(x: Any, dtype: torch.dtype, requires_grad: bool = False) -> torch.Tensor:
     t = torch.tensor(np.asarray(x)).to(dtype)
     return t.requires_grad_(requires_grad)
+
+
+def options(case: cases.Case, path: str) -> dict[str, Any]:
+    """The case as ``lion_torch.Lion`` arguments on ``path`` (the momentum dtype always named)."""
+    return dict(
+        lr=case.lr,
+        betas=(case.beta1, case.beta2),
+        weight_decay=case.weight_decay,
+        cautious=case.cautious,
+        decouple_lr=case.decouple_lr,
+        max_lr=case.max_lr,
+        maximize=case.maximize,
+        momentum_dtype=DTYPES[case.momentum_dtype],
+        **FLAGS[path],
+    )
+
+
+def run_case(path: str, case: cases.Case, problem: cases.Problem) -> tuple[list[torch.Tensor], Lion]:
+    """Runs the case's problem on ``path``; the group's lr follows the case's schedule."""
+    dtype, grad_dtype = DTYPES[case.param_dtype], DTYPES[case.gradient_dtype]
+    params = [tensor(x, dtype, True) for x in problem.init]
+    opt = Lion(params, **options(case, path))
+    for step, step_grads in enumerate(problem.grads):
+        opt.param_groups[0]["lr"] = case.lr_at(step)
+        for p, g in zip(params, step_grads):
+            p.grad = None if g is None else tensor(g, grad_dtype)
+        opt.step()
+    return params, opt
 
 
 def run(
@@ -61,7 +91,7 @@ def run(
     dtype: torch.dtype = torch.float64,
     **options: Any,
 ) -> tuple[list[torch.Tensor], Lion]:
-    """Runs our optimizer on ``path`` over ``grads``; returns the parameters and the optimizer."""
+    """Runs our optimizer on ``path`` over ``grads`` with raw options (for the torch-only tests)."""
     params = [tensor(x, dtype if not np.iscomplexobj(x) else torch.complex128, True) for x in init]
     opt = Lion(params, **FLAGS[path], **options)
     for step_grads in grads:
@@ -88,22 +118,14 @@ def assert_momentum(
 ) -> None:
     """The momentum budget of each path.
 
-    single-tensor and fused: bit-identical to the reference. foreach: ATen's ``add_(g, alpha=1 -
-    beta2)`` rounds with one fused multiply-add where the reference rounds twice, so each step may
-    differ by one rounding of ``|m| + (1 - beta2)|g|``; measured at most 1.03 eps after 8 steps.
-    Budget: ``2 eps (|m_ref| + (1 - beta2) max|g|)``.
+    single-tensor and fused: bit-identical to the reference. foreach: one fused multiply-add per
+    step, within ``cases.momentum_fma_tolerance``.
     """
     if path != "foreach":
-        assert_exact(actual, expected, what=what)
+        cases.assert_exact(actual, expected, what=what)
         return
-    gmax = max((float(np.abs(g[index]).max()) for g in grads if g[index] is not None and np.size(g[index])),
-               default=0.0)
-    assert_close(actual, expected, rtol=2 * eps, atol=2 * eps * (1 - beta2) * gmax, what=what)
-
-
-def round_to(x: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    """Rounds a float array to ``dtype`` (to nearest even) and back to float64."""
-    return torch.from_numpy(np.asarray(x, dtype=np.float64)).to(dtype).double().numpy()
+    tolerance = cases.momentum_fma_tolerance(grads, index, beta2=beta2, eps=eps)
+    cases.assert_close(actual, expected, **tolerance, what=what)
 
 
 def reference_stored(
@@ -112,17 +134,20 @@ def reference_stored(
     *,
     param_dtypes: Sequence[torch.dtype],
     momentum_dtypes: Sequence[torch.dtype],
-    compute: Any = np.float32,
     **hyper: Any,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``reference_step`` in ``compute`` precision, rounding parameters and momenta to their storage
-    dtypes after every step: the oracle for low-precision parameters."""
-    params = [round_to(x, d) for x, d in zip(init, param_dtypes)]
-    moments = [np.zeros_like(x) for x in params]
-    for step_grads in grads:
-        for i, g in enumerate(step_grads):
-            if g is None:
-                continue
-            p, m = reference_step(params[i], g, moments[i], dtype=compute, **hyper)
-            params[i], moments[i] = round_to(p, param_dtypes[i]), round_to(m, momentum_dtypes[i])
+    """``tests.cases.reference`` for parameters of different storage dtypes, one column at a time.
+
+    ``hyper`` holds ``cases.Case`` fields (``lr``, ``weight_decay``, ...); gradients are rounded to
+    each parameter's dtype, as setting ``p.grad`` in that dtype does.
+    """
+    params, moments = [], []
+    for i, x in enumerate(init):
+        case = cases.Case(id=f"column {i}", param_dtype=NAMES[param_dtypes[i]],
+                          momentum_dtype=NAMES[momentum_dtypes[i]], **hyper)
+        column = [[None if step[i] is None else cases.round_to(step[i], case.gradient_dtype)] for step in grads]
+        problem = cases.Problem([cases.round_to(x, case.param_dtype)], column)
+        ref = cases.reference(case, problem)
+        params.append(ref.params[0])
+        moments.append(ref.momentum[0])
     return params, moments

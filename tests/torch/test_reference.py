@@ -1,10 +1,11 @@
-"""Every implementation path of lion_torch against lion_core's float64 reference.
+"""Every implementation path of lion_torch against lion_core's float64 reference, over ``tests.cases``.
 
-1. float64: parameters bit-identical over 8 steps (with a zero-size and a 0-d parameter and a step
-   where one gradient is None), momentum within each path's budget (``helpers.assert_momentum``);
+1. float64: every row of ``cases.CASES``, parameters bit-identical over ``cases.STEPS`` steps (with
+   zero-size, 0-d and odd-sized parameters and a step where one gradient is None), momentum within
+   each path's budget (``helpers.assert_momentum``);
 2. margin: gradients keep |c| far from 0, so float32 and bfloat16 agree elementwise per step;
 3. a 200-step trajectory in float32 and bfloat16 with a mismatch budget, saved and reloaded midway;
-4. edge cases: NaN and inf gradients, sizes 1/1023/4097, non-contiguous, mixed dtypes, complex.
+4. edge cases: NaN and inf gradients, non-contiguous, mixed dtypes, complex.
 """
 
 from __future__ import annotations
@@ -18,64 +19,33 @@ import torch
 import lion_torch._functional as functional
 from lion_core.reference import reference_lion, reference_step
 from lion_torch import Lion
-from tests.support import assert_close, assert_exact, assert_within_budget, margin_gradient
+from tests import cases
+from tests.cases import assert_close, assert_exact, assert_within_budget
 
-from .helpers import FLAGS, PATHS, assert_momentum, momenta, reference_stored, run, tensor
-
-SHAPES = [(5, 3), (0,), (), (7,), (2, 0, 3), (33,)]
+from .helpers import DTYPES, FLAGS, PATHS, assert_momentum, momenta, options, reference_stored, run, run_case, tensor
 
 # lion_core.reference takes the cautious mean of a zero-size array with NumPy, which warns.
 pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
-SKIPPED = (3, 3)  # (step, parameter): that parameter has no gradient at that step
-
-CONFIGS = {
-    "plain": {"lr": 0.01},
-    "weight_decay": {"lr": 0.01, "weight_decay": 0.3},
-    "cautious": {"lr": 0.01, "weight_decay": 0.1, "cautious": True},
-    "decouple_lr": {"lr": 0.01, "weight_decay": 0.5, "decouple_lr": True},
-    "max_lr": {"lr": 0.01, "weight_decay": 0.5, "decouple_lr": True, "max_lr": 0.04},
-    "maximize": {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
-    "betas": {"lr": 0.02, "betas": (0.5, 0.9), "weight_decay": 0.2, "cautious": True, "maximize": True},
-}
 
 
-def _problem(seed: int, shapes=SHAPES, steps: int = 8):
-    rng = np.random.default_rng(seed)
-    init = [rng.standard_normal(s) for s in shapes]
-    grads = [
-        [None if (t, i) == SKIPPED else rng.standard_normal(s) for i, s in enumerate(shapes)]
-        for t in range(steps)
-    ]
-    return init, grads
-
-
-def _reference_options(options: dict) -> dict:
-    """Our constructor options as reference_lion arguments (max_lr defaults to the group's lr)."""
-    ref = {k: v for k, v in options.items() if k not in ("betas", "decouple_lr")}
-    if "betas" in options:
-        ref["beta1"], ref["beta2"] = options["betas"]
-    if options.get("decouple_lr"):
-        ref["max_lr"] = options.get("max_lr", options["lr"])
-    return ref
-
-
-@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("case", cases.CASES, ids=cases.case_id)
 @pytest.mark.parametrize("path", PATHS)
-def test_float64_exact(path, config):
-    options = CONFIGS[config]
-    init, grads = _problem(seed=len(config))
-    params, opt = run(path, init, grads, **options)
-    ref = reference_lion(init, grads, **_reference_options(options))
-    beta2 = options.get("betas", (0.9, 0.99))[1]
+def test_float64_exact(path, case):
+    problem = cases.problem(case)
+    params, opt = run_case(path, case, problem)
+    ref = cases.reference(case, problem)
     for i, (p, m) in enumerate(zip(params, momenta(opt, params))):
+        assert p.shape == np.shape(problem.init[i])
         assert_exact(p, ref.params[i], what=f"param {i}")
-        assert_momentum(path, m, ref.momentum[i], grads=grads, index=i, beta2=beta2, what=f"momentum {i}")
+        assert_momentum(path, m, ref.momentum[i], grads=problem.grads, index=i, beta2=case.beta2,
+                        what=f"momentum {i}")
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_float64_groups_and_changing_lr(path):
     """Per-group hyperparameters, and an lr changed between steps as a scheduler would."""
-    init, grads = _problem(seed=7)
+    problem = cases.problem(cases.by_id(cases.CASES, "plain"), seed=7)
+    init, grads = problem.init, problem.grads
     params = [tensor(x, torch.float64, True) for x in init]
     groups = [
         {"params": params[:2], "lr": 0.03, "weight_decay": 0.2},
@@ -105,123 +75,103 @@ def test_float64_groups_and_changing_lr(path):
         assert_momentum(path, m, expected_momenta[i], grads=grads, index=i, beta2=beta2, what=f"momentum {i}")
 
 
-# Per-step elementwise tolerances: one rounding of the stored result, and float32 arithmetic.
-MARGIN_TOLERANCE = {
-    torch.float32: {"rtol": 2**-22, "atol": 2**-30},
-    torch.bfloat16: {"rtol": 2**-8, "atol": 2**-30},
-}
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", cases.LOW_PRECISION_CASES, ids=cases.case_id)
 @pytest.mark.parametrize("path", PATHS)
-def test_margin_low_precision(path, dtype):
+def test_margin_low_precision(path, case):
     """With |c| >= 0.05 every path must agree on every sign: each step is checked elementwise
-    against the float64 reference step taken from our own state."""
-    rng = np.random.default_rng(3)
-    shapes = [(64, 33), (1,), (), (1023,)]
-    params = [tensor(rng.standard_normal(s), dtype, True) for s in shapes]
-    opt = Lion(params, lr=0.01, weight_decay=0.1, **FLAGS[path])
-    for step in range(6):
+    against the float64 reference step taken from our own state (``cases.BUDGETS[...].margin``)."""
+    rng = np.random.default_rng(cases.seed_of(case.id))
+    dtype = DTYPES[case.param_dtype]
+    params = [tensor(rng.standard_normal(s), dtype, True) for s in cases.SHAPES]
+    opt = Lion(params, **options(case, path))
+    hyper = dict(lr=case.lr, beta1=case.beta1, beta2=case.beta2, weight_decay=case.weight_decay)
+    for step in range(cases.STEPS):
         before = [(p.detach().double().numpy().copy(), None if p not in opt.state else
                    opt.state[p]["exp_avg"].double().numpy().copy()) for p in params]
         for p, (_, m) in zip(params, before):
             m = np.zeros(p.shape) if m is None else m
-            p.grad = tensor(margin_gradient(rng, m, beta1=0.9), dtype)
+            p.grad = tensor(cases.margin_gradient(rng, m, beta1=case.beta1), DTYPES[case.gradient_dtype])
         opt.step()
         for i, (p, (p0, m0)) in enumerate(zip(params, before)):
             m0 = np.zeros(p.shape) if m0 is None else m0
             g = p.grad.double().numpy()
-            expected_p, expected_m = reference_step(p0, g, m0, lr=0.01, weight_decay=0.1)
-            assert opt.state[p]["exp_avg"].dtype == torch.float32  # the policy for bf16 and fp32
-            assert_close(p, expected_p, **MARGIN_TOLERANCE[dtype], what=f"step {step} param {i}")
+            expected_p, expected_m = reference_step(p0, g, m0, **hyper)
+            assert opt.state[p]["exp_avg"].dtype == DTYPES[case.momentum_dtype]
+            assert_close(p, expected_p, **cases.BUDGETS[case.param_dtype].margin, what=f"step {step} param {i}")
             # float32 rounds beta2 * m, (1 - beta2) * g and their sum: the error scales with the
             # terms, not with the (possibly cancelled) result.
-            terms = np.abs(0.99 * m0).max() + np.abs(0.01 * g).max()
+            terms = (np.abs(case.beta2 * m0).max() + np.abs((1 - case.beta2) * g).max()) if g.size else 0.0
             assert_close(opt.state[p]["exp_avg"], expected_m, rtol=2**-22, atol=2**-22 * terms,
                          what=f"step {step} momentum {i}")
 
 
-# Trajectory budget: a sign that flips where c is within rounding of 0 (the foreach path rounds c
-# and the momentum differently) moves an element by 2 lr, and it rounds differently afterwards. At
-# most 0.5% of the elements may differ from the oracle of the same precision; measured: none, on
-# every path, for both dtypes.
-MAX_FLIPPED = 0.005
-# float32 against float64: each step rounds p * d and p - lr * u, so after 200 steps an element may
-# drift by 200 * 2 * 2**-24 * max|p| (about 5e-5 here) without any sign disagreeing.
-FLOAT32_DRIFT = 5e-5
 EPS32 = 2.0**-23
 
 
-def _trajectory_run(path, dtype, init, grads, *, reload_at=None):
-    params = [tensor(x, dtype, True) for x in init]
-    opt = Lion(params, lr=1e-3, weight_decay=0.1, **FLAGS[path])
-    for t, step_grads in enumerate(grads):
+def _trajectory_run(path, case, problem, *, reload_at=None):
+    params = [tensor(x, DTYPES[case.param_dtype], True) for x in problem.init]
+    opt = Lion(params, **options(case, path))
+    for t, step_grads in enumerate(problem.grads):
         if t == reload_at:
             buffer = io.BytesIO()
             torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buffer)
             buffer.seek(0)
             saved = torch.load(buffer, weights_only=True)
             params = [p.clone().requires_grad_(True) for p in saved["params"]]
-            opt = Lion(params, lr=1e-3, weight_decay=0.1, **FLAGS[path])
+            opt = Lion(params, **options(case, path))
             opt.load_state_dict(saved["opt"])
         for p, g in zip(params, step_grads):
-            p.grad = tensor(g, dtype)
+            p.grad = tensor(g, DTYPES[case.gradient_dtype])
         opt.step()
     return params, opt
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", cases.LOW_PRECISION_CASES, ids=cases.case_id)
 @pytest.mark.parametrize("path", PATHS)
-def test_trajectory_200_steps_with_reload(path, dtype):
-    rng = np.random.default_rng(11)
-    shapes = [(40, 25), (301,)]
-    init = [rng.standard_normal(s) for s in shapes]
-    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(200)]
-    stored_init = [tensor(x, dtype).double().numpy() for x in init]
-    stored_grads = [[tensor(g, dtype).double().numpy() for g in step] for step in grads]
-    params, opt = _trajectory_run(path, dtype, init, grads, reload_at=100)
-    straight, straight_opt = _trajectory_run(path, dtype, init, grads)
+def test_trajectory_200_steps_with_reload(path, case):
+    problem = cases.problem(case, shapes=cases.TRAJECTORY_SHAPES, steps=cases.TRAJECTORY_STEPS, missing=None,
+                            seed=11)
+    budget = cases.BUDGETS[case.param_dtype]
+    params, opt = _trajectory_run(path, case, problem, reload_at=cases.RELOAD_AT)
+    straight, straight_opt = _trajectory_run(path, case, problem)
     # The save and reload changes nothing, bit for bit.
     for p, q in zip(params, straight):
         assert_exact(p, q, what="reloaded run vs uninterrupted run")
     for m, n in zip(momenta(opt, params), momenta(straight_opt, straight)):
-        assert m.dtype == torch.float32
+        assert m.dtype == DTYPES[case.momentum_dtype]
         assert_exact(m, n, what="reloaded momentum vs uninterrupted")
 
-    # The oracle in the same precision: float32 arithmetic, and bfloat16 storage after each step.
-    same_precision = reference_stored(init, stored_grads, param_dtypes=[dtype] * 2,
-                                      momentum_dtypes=[torch.float32] * 2, lr=1e-3, weight_decay=0.1)
-    gmax = max(np.abs(g).max() for step in stored_grads for g in step)
+    # The oracle in the same precision: float32 arithmetic, and storage rounding after each step.
+    same_precision = cases.reference(case, problem)
+    gmax = max(np.abs(g).max() for step in problem.grads for g in step)
     for i, (p, m) in enumerate(zip(params, momenta(opt, params))):
-        assert_within_budget(p, same_precision[0][i], atol=0.0, max_fraction=MAX_FLIPPED, what=f"param {i}")
-        expected_m = same_precision[1][i]
+        assert_within_budget(p, same_precision.params[i], atol=0.0, max_fraction=budget.max_flipped,
+                             what=f"param {i}")
+        expected_m = same_precision.momentum[i]
         if path == "foreach":  # one fused multiply-add per step; measured 1.4 eps * max|m|
-            atol = 4 * EPS32 * (np.abs(expected_m).max() + 0.01 * gmax)
+            atol = 4 * EPS32 * (np.abs(expected_m).max() + (1 - case.beta2) * gmax)
             assert_close(m, expected_m, rtol=0.0, atol=atol, what=f"momentum {i}")
         else:
             assert_exact(m, expected_m, what=f"momentum {i}")
-    if dtype == torch.float32:
-        exact = reference_lion(stored_init, stored_grads, lr=1e-3, weight_decay=0.1)
+    if budget.drift is not None:
+        exact = cases.reference_float64(case, problem)
         for i, p in enumerate(params):
-            assert_within_budget(p, exact.params[i], atol=FLOAT32_DRIFT, max_fraction=MAX_FLIPPED,
+            assert_within_budget(p, exact.params[i], atol=budget.drift, max_fraction=budget.max_flipped,
                                  what=f"param {i} vs float64")
 
 
-NONFINITE = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
-
-
-@pytest.mark.parametrize("cautious", [False, True])
-@pytest.mark.parametrize("kind", sorted(NONFINITE))
+@pytest.mark.parametrize("case", [cases.by_id(cases.CASES, name) for name in ("weight_decay", "cautious")],
+                         ids=cases.case_id)
+@pytest.mark.parametrize("kind", sorted(cases.NONFINITE))
 @pytest.mark.parametrize("path", PATHS)
-def test_nonfinite_gradient_makes_parameter_nan(path, kind, cautious):
-    rng = np.random.default_rng(5)
-    init = [rng.standard_normal((4, 5)), rng.standard_normal(9)]
-    first = [rng.standard_normal((4, 5)), rng.standard_normal(9)]
-    first[0][1, 2] = NONFINITE[kind]
-    second = [rng.standard_normal((4, 5)), rng.standard_normal(9)]
-    params, opt = run(path, init, [first], lr=0.01, weight_decay=0.1, cautious=cautious)
-    ref = reference_lion(init, [first], lr=0.01, weight_decay=0.1, cautious=cautious)
-    assert torch.isnan(params[0][1, 2])
+def test_nonfinite_gradient_makes_parameter_nan(path, kind, case):
+    problem = cases.problem(case, shapes=cases.NONFINITE_SHAPES, steps=2, missing=None, seed=5)
+    first, second = problem.grads
+    first[0][cases.NONFINITE_AT] = cases.NONFINITE[kind]
+    one_step = cases.Problem(problem.init, [first])
+    params, opt = run_case(path, case, one_step)
+    ref = cases.reference(case, one_step)
+    assert torch.isnan(params[0][cases.NONFINITE_AT])
     for i, p in enumerate(params):
         assert_exact(p, ref.params[i], what=f"param {i}")
         assert_exact(opt.state[p]["exp_avg"], ref.momentum[i], what=f"momentum {i}")
@@ -229,30 +179,21 @@ def test_nonfinite_gradient_makes_parameter_nan(path, kind, cautious):
     for p, g in zip(params, second):
         p.grad = tensor(g, torch.float64)
     opt.step()
-    assert torch.isnan(params[0][1, 2])
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_odd_sizes_and_zero_dim(path):
-    init, grads = _problem(seed=9, shapes=[(), (1,), (1023,), (4097,), (3, 1, 5)], steps=7)
-    params, opt = run(path, init, grads, lr=0.02, weight_decay=0.2, cautious=True)
-    ref = reference_lion(init, grads, lr=0.02, weight_decay=0.2, cautious=True)
-    for i, (p, m) in enumerate(zip(params, momenta(opt, params))):
-        assert p.shape == np.shape(init[i])
-        assert_exact(p, ref.params[i], what=f"param {i}")
-        assert_momentum(path, m, ref.momentum[i], grads=grads, index=i, what=f"momentum {i}")
+    assert torch.isnan(params[0][cases.NONFINITE_AT])
 
 
 def test_foreach_cpu_batches_cover_every_element(monkeypatch):
     """The CPU foreach path slices large tensors into cache-sized batches; with tiny batches, slices
     cross tensor boundaries everywhere, and the result must not change."""
     monkeypatch.setattr(functional, "CPU_BATCH_ELEMENTS", 100)
-    init, grads = _problem(seed=4, shapes=[(1023,), (), (0,), (37,), (4097,), (10, 10), (1,)], steps=7)
-    params, opt = run("foreach", init, grads, lr=0.02, weight_decay=0.2, maximize=True)
-    ref = reference_lion(init, grads, lr=0.02, weight_decay=0.2, maximize=True)
+    case = cases.by_id(cases.CASES, "everything")
+    problem = cases.problem(case, shapes=[(1023,), (), (0,), (37,), (4097,), (10, 10), (1,)], seed=4)
+    params, opt = run_case("foreach", case, problem)
+    ref = cases.reference(case, problem)
     for i, (p, m) in enumerate(zip(params, momenta(opt, params))):
         assert_exact(p, ref.params[i], what=f"param {i}")
-        assert_momentum("foreach", m, ref.momentum[i], grads=grads, index=i, what=f"momentum {i}")
+        assert_momentum("foreach", m, ref.momentum[i], grads=problem.grads, index=i, beta2=case.beta2,
+                        what=f"momentum {i}")
 
 
 @pytest.mark.parametrize("path", PATHS)

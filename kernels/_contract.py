@@ -1,0 +1,307 @@
+r"""The contract every Lion kernel module implements, written once: ``cpu_lion`` and ``triton_lion``.
+
+A kernel module is a plain module (not a class) with these names; :class:`LionKernel` spells them out
+as a :class:`typing.Protocol`, so a type checker verifies both modules, and the helpers below are the
+checks the two kernels share. A caller (``lion_torch``'s fused path) needs nothing else:
+
+1. ``unavailable_reason()`` picks the default path. It is pure and cheap: it never builds, compiles,
+   loads a library or imports Triton's compiler.
+2. ``lion_(params, grads, momenta, ...)`` updates, in place and in one pass, every triple it supports
+   and returns the sorted indices of the triples it left untouched; the caller runs those through its
+   single-tensor path. There is no separate bulk pre-check: ``lion_`` does the cheap checks itself and
+   caches what it derives from addresses, sizes and dtypes (its address tables, the aliasing check).
+3. ``supports(param, grad, momentum)`` says, for one triple, what ``lion_`` would decide.
+4. Misuse, or a kernel that cannot run here, raises :class:`KernelError`, whose text names the cause
+   and the remedy. Nothing has been written when it is raised.
+
+Handed back (never written): a triple that ``supports`` refuses (wrong device, dtype, layout, shape; a
+tensor subclass such as DTensor, whose pointer is not the data; ``None``), and every member of a set of
+triples whose parameters or momenta overlap in memory with another tensor of the call (two parameters
+viewing one storage, one parameter listed twice): threads updating overlapping memory race, while the
+caller's single-tensor path is deterministic.
+
+Example:
+  >>> import torch
+  >>> from lion_kernels import cpu_lion
+  >>> p = torch.zeros(4)
+  >>> cpu_lion.supports(p, torch.ones(4), torch.zeros(4))
+  True
+  >>> cpu_lion.supports(p, torch.ones(4), torch.zeros(4, dtype=torch.float64))  # mixed dtypes
+  False
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["DTYPE_CODE", "CautiousReduce", "KernelError", "LionKernel"]
+
+#: The hook that turns each updated triple's local (kept, element count) into the global counts.
+CautiousReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+class KernelError(RuntimeError):
+    """A kernel that cannot run here, or a call that breaks the contract; the text names the remedy."""
+
+
+@runtime_checkable
+class LionKernel(Protocol):
+    """What every kernel module provides (``lion_kernels.cpu_lion``, ``lion_kernels.triton_lion``)."""
+
+    #: ``"cpu_lion"`` or ``"triton_lion"``: the module's short name.
+    name: str
+    #: The ``torch.device.type`` whose tensors the kernel updates: ``"cpu"`` or ``"cuda"``.
+    device_type: str
+
+    def unavailable_reason(self) -> str | None:
+        """``None`` when the kernel can run here; otherwise one sentence naming the cause and remedy.
+
+        Pure and cheap: never builds, compiles, loads a library or imports Triton's compiler. After a
+        load that failed in ``lion_``, returns that failure.
+        """
+
+    def supports(self, param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) -> bool:
+        """Whether ``lion_`` would update this triple: device, dtypes, layout, equal shapes, and plain
+        ``torch.Tensor``/``torch.nn.Parameter`` objects only (any subclass: ``False``; the caller
+        passes a DTensor's local shard, and complex tensors as ``torch.view_as_real`` views)."""
+
+    def lion_(
+        self,
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        momenta: Sequence[torch.Tensor],
+        *,
+        lr: float | torch.Tensor,
+        beta1: float,
+        beta2: float,
+        weight_decay: float,
+        max_lr: float | None,
+        cautious: bool,
+        maximize: bool,
+        grad_scale: torch.Tensor | None = None,
+        found_inf: torch.Tensor | None = None,
+        cautious_reduce: CautiousReduce | None = None,
+    ) -> list[int]:
+        r"""One Lion step, in place, for every supported triple; returns the indices left untouched.
+
+        .. math::
+
+            c = \beta_1 m + (1 - \beta_1) g, \quad
+            p \leftarrow p \, d - \eta \operatorname{sign}(c), \quad
+            m \leftarrow \beta_2 m + (1 - \beta_2) g
+
+        with :math:`d` = ``lion_core.decay_factor(lr, weight_decay, max_lr)``.
+
+        Args:
+          params, grads, momenta: equal-length lists; gradients are only read.
+          lr, beta1, beta2, weight_decay, max_lr, cautious, maximize: as ``lion_core.lion_step``.
+          grad_scale: GradScaler's scale: gradients are divided by it. Default ``None``.
+          found_inf: GradScaler's flag. Nonzero: nothing is written; a host (CPU) flag also makes
+            ``lion_`` return ``[]``, while a CUDA flag is read on the device (no synchronisation) and
+            the handed-back indices are returned as usual. Default ``None``.
+          cautious_reduce: with ``cautious=True``, called once per step with an int64 tensor of shape
+            ``(n, 2)`` on the kernel's device: one row ``(kept, element count)`` per updated triple,
+            in increasing index order, counted on this process's tensors (a DTensor's local shard).
+            It returns the counts of the whole tensors (an all-reduce over the shards) in the same
+            shape, and the kernel rescales each tensor's kept entries by count / kept, as
+            ``lion_core.cautious_mask`` does for a whole tensor. Default ``None``: the local counts.
+
+        Returns:
+          The sorted indices of the triples that were not updated.
+
+        Raises:
+          KernelError: the kernel cannot run here (``unavailable_reason()``), the lists differ in
+            length, or ``cautious_reduce`` returned counts of another shape or dtype.
+        """
+
+
+#: Storage dtype -> the code the kernels use for it (the C source and the Triton kernel number
+#: dtypes this way). A kernel declares which (param, grad, momentum) code triples it supports.
+DTYPE_CODE: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
+#: The only tensor types a kernel accepts: subclasses (DTensor, ``__torch_dispatch__`` wrappers) may
+#: hold their data elsewhere than their data pointer says.
+PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+
+_dtype = operator.attrgetter("dtype")
+_shape = operator.attrgetter("shape")
+_layout = operator.attrgetter("layout")
+_STRIDED_ONLY = frozenset({torch.strided})
+
+
+def triple_code(param_dtype: torch.dtype, grad_dtype: torch.dtype, momentum_dtype: torch.dtype) -> int | None:
+    """One integer for a (param, grad, momentum) dtype triple: ``16 p + 4 g + m``; None if unknown."""
+    p, g, m = DTYPE_CODE.get(param_dtype), DTYPE_CODE.get(grad_dtype), DTYPE_CODE.get(momentum_dtype)
+    if p is None or g is None or m is None:
+        return None
+    return 16 * p + 4 * g + m
+
+
+def check_lengths(params: Sequence[Any], grads: Sequence[Any], momenta: Sequence[Any]) -> int:
+    """The number of triples; raises KernelError when the lists differ in length."""
+    n = len(params)
+    if len(grads) != n or len(momenta) != n:
+        raise KernelError(
+            "`params`, `grads` and `momenta` must have one entry per parameter. "
+            f"Received: {n} params, {len(grads)} grads, {len(momenta)} momenta"
+        )
+    return n
+
+
+def is_plain(*tensors: Any) -> bool:
+    """Whether every object is a plain ``torch.Tensor`` or ``torch.nn.Parameter`` (no subclass)."""
+    return all(type(t) in PLAIN_TYPES for t in tensors)
+
+
+def plain_triple(param: Any, grad: Any, momentum: Any, codes: frozenset[int]) -> bool:
+    """The checks both kernels make of one triple: plain strided tensors of one shape, no lazy
+    negation or conjugation, a supported dtype triple. Devices and memory order are the kernel's."""
+    try:
+        return (
+            is_plain(param, grad, momentum)
+            and param.layout is torch.strided
+            and grad.layout is torch.strided
+            and momentum.layout is torch.strided
+            and triple_code(param.dtype, grad.dtype, momentum.dtype) in codes
+            and param.shape == grad.shape == momentum.shape
+            and not (param.is_neg() or grad.is_neg() or momentum.is_neg())
+            and not (param.is_conj() or grad.is_conj() or momentum.is_conj())
+        )
+    except (AttributeError, RuntimeError):  # nested tensors have no shape
+        return False
+
+
+def bulk_plain(
+    params: Sequence[Any], grads: Sequence[Any], momenta: Sequence[Any], codes: frozenset[int]
+) -> list[int] | None:
+    """For the usual call, every triple plain, contiguous and supported: their dtype triple codes, found
+    with one C-level ``map`` per attribute (a Python loop per tensor would cost more than the update
+    of hundreds of small tensors). ``None`` when some triple is not like that: the caller then asks
+    ``supports`` for each triple."""
+    everything = (*params, *grads, *momenta)
+    if not set(map(type, everything)) <= PLAIN_TYPES:
+        return None
+    try:
+        if not set(map(_layout, everything)) <= _STRIDED_ONLY:
+            return None
+        shapes = list(map(_shape, params))
+        if list(map(_shape, grads)) != shapes or list(map(_shape, momenta)) != shapes:
+            return None
+        if not all(map(torch.Tensor.is_contiguous, everything)):
+            return None
+        if any(map(torch.Tensor.is_neg, everything)) or any(map(torch.Tensor.is_conj, everything)):
+            return None
+    except RuntimeError:
+        return None
+    found = tuple(set(map(_dtype, tensors)) for tensors in (params, grads, momenta))
+    if all(len(dtypes) == 1 for dtypes in found):  # one dtype triple for the whole group
+        code = triple_code(*(dtypes.pop() for dtypes in found))
+        return [code] * len(params) if code in codes else None  # type: ignore[list-item]
+    per_triple = list(map(triple_code, map(_dtype, params), map(_dtype, grads), map(_dtype, momenta)))
+    return per_triple if set(per_triple) <= codes else None
+
+
+def overlapping(pointers: Sequence[int], nbytes: Sequence[int], n: int) -> list[int]:
+    """The sorted indices of the triples that share memory with another tensor of the call.
+
+    ``pointers`` and ``nbytes`` hold the parameters', then the gradients', then the momenta's
+    (``3 n`` entries). A triple is returned when its parameter or momentum (written) overlaps any
+    other tensor, or its gradient overlaps another triple's written tensor; read-only gradients may
+    share memory. Every member of a chain of overlaps is returned. Sorting makes this O(n log n);
+    callers cache the answer with their address tables.
+    """
+    spans = sorted(
+        (pointers[k], pointers[k] + nbytes[k], k) for k in range(3 * n) if nbytes[k] > 0
+    )
+    found: set[int] = set()
+    cluster: list[int] = []
+    end = -1
+    for start, stop, k in [*spans, (float("inf"), float("inf"), -1)]:
+        if start >= end:  # the cluster so far overlaps nothing that follows
+            if len(cluster) > 1 and _conflict(cluster, n):
+                found.update(k2 % n for k2 in cluster)
+            cluster, end = [], -1
+        if k >= 0:
+            cluster.append(k)
+            end = max(end, stop)
+    return sorted(found)
+
+
+def _conflict(cluster: list[int], n: int) -> bool:
+    """Whether overlapping tensors include a written one (a parameter or momentum)."""
+    return any(k < n or k >= 2 * n for k in cluster)
+
+
+class TableCache:
+    """A least-recently-used map from what identifies a call's tensors to what the kernel derived.
+
+    A value is a function of its key alone (addresses, sizes, dtypes), so a hit is always correct: a
+    replaced tensor has another address or size and misses. ``pin`` keeps an entry from eviction
+    (entries a captured CUDA graph reads at every replay).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._pinned: set[Hashable] = set()
+
+    def get(self, key: Hashable, build: Callable[[], Any], *, pin: bool = False) -> Any:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
+            entry = build()
+            self._entries[key] = entry
+            self._evict()
+        if pin:
+            self._pinned.add(key)
+        return entry
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def _evict(self) -> None:
+        for key in list(self._entries):
+            if len(self._entries) <= self.size:
+                return
+            if key not in self._pinned:
+                self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._pinned.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def global_counts(hook: CautiousReduce | None, local: torch.Tensor) -> torch.Tensor:
+    """Calls ``cautious_reduce`` on the local (kept, count) rows and checks what it returned."""
+    if hook is None:
+        return local
+    result = hook(local)
+    if (
+        not isinstance(result, torch.Tensor)
+        or result.shape != local.shape
+        or result.dtype != torch.int64
+        or result.device != local.device
+    ):
+        shown = (
+            f"{result.dtype} {tuple(result.shape)} on {result.device}"
+            if isinstance(result, torch.Tensor)
+            else type(result).__name__
+        )
+        raise KernelError(
+            "`cautious_reduce` must return the global counts as an int64 tensor of the shape and "
+            f"device it was given ({tuple(local.shape)} on {local.device}). Received: {shown}"
+        )
+    return result.contiguous()

@@ -21,16 +21,11 @@ from tests import cases
 def _fused_param() -> Any:
     try:
         from lion_kernels import cpu_lion
-    except ImportError as error:  # pragma: no cover - depends on the kernels helper's progress
-        reason = f"lion_kernels.cpu_lion cannot be imported: {error}"
-        return pytest.param("fused", marks=pytest.mark.skip(reason=reason))
-    if not cpu_lion.available():
-        try:
-            cpu_lion.require()
-            reason = "lion_kernels.cpu_lion.available() is False"
-        except (ImportError, RuntimeError) as error:
-            reason = f"lion_kernels.cpu_lion is not available: {error}"
-        return pytest.param("fused", marks=pytest.mark.skip(reason=reason))
+    except ImportError as error:  # pragma: no cover - lion_kernels ships with lionkit
+        return pytest.param("fused", marks=pytest.mark.skip(reason=f"lion_kernels cannot be imported: {error}"))
+    reason = cpu_lion.unavailable_reason()
+    if reason is not None:
+        return pytest.param("fused", marks=pytest.mark.skip(reason=f"lion_kernels.cpu_lion cannot run: {reason}"))
     return "fused"
 
 

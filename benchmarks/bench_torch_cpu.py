@@ -105,7 +105,7 @@ def _our_factories() -> dict[str, Callable[[list[torch.nn.Parameter]], Any]]:
         ours["lionkit Lion(fused=True)"] = lambda ps: Lion(ps, **hyper, fused=True)
         ours["lionkit Lion(foreach=True)"] = lambda ps: Lion(ps, **hyper, foreach=True, fused=False)
         ours["lionkit Lion single-tensor"] = lambda ps: Lion(ps, **hyper, foreach=False, fused=False)
-    if cpu_lion.available():
+    if cpu_lion.unavailable_reason() is None:
         ours["lionkit lion_kernels.cpu_lion.lion_ (no optimizer)"] = _KernelOnly
     return ours
 

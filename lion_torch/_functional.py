@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Union
@@ -356,6 +357,10 @@ def require_kernel(device_type: str) -> ModuleType:
 
 
 _PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
+# C-level getters: with hundreds of tensors per step, a Python lambda or ``p.device.type`` per tensor
+# costs as much as the kernel's pass over a small model's memory.
+_DEVICE = operator.attrgetter("device")
+_DTYPE = operator.attrgetter("dtype")
 #: Batches of one ``_fused_lion`` call: (device, cautious count reduction) -> (indices into the
 #: caller's lists, then the params, grads and momenta the kernel receives: plain tensors or local shards).
 _Batches = dict[tuple[torch.device, object], tuple[Sequence[int], list[Tensor], list[Tensor], list[Tensor]]]
@@ -403,10 +408,11 @@ def _kernel_batches(
     no kernel may receive (tensor subclasses other than DTensors it can unwrap)."""
     types = set(map(type, params))
     types.update(map(type, grads), map(type, exp_avgs))
-    if types <= _PLAIN_TYPES and not any(map(torch.is_complex, params)):
+    # torch.is_complex on a Parameter costs ~2 us (__torch_function__); a set of dtypes is C-speed.
+    if types <= _PLAIN_TYPES and not any(dtype.is_complex for dtype in set(map(_DTYPE, params))):
         # The common case without a per-tensor loop: with hundreds of small tensors, sorting them
         # one by one costs a good part of the kernel's pass over memory.
-        devices = set(map(_device, params))
+        devices = set(map(_DEVICE, params))
         if len(devices) == 1:
             return {(devices.pop(), None): (range(len(params)), params, grads, exp_avgs)}, []
     dtensor = None if types <= _PLAIN_TYPES else _dtensor_type()
@@ -433,10 +439,6 @@ def _kernel_batches(
         for lst, t in zip(lists, _as_real(local)):
             lst.append(t)
     return batches, wrapped
-
-
-def _device(t: Tensor) -> torch.device:
-    return t.device
 
 
 def _pick(indices: Sequence[int], *lists: list[Tensor]) -> list[list[Tensor]]:
@@ -544,7 +546,11 @@ def _choose(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) 
         )
     if fused is None:
         # An explicit foreach=True or foreach=False names the implementation: only None defers to us.
-        fused = foreach is None and not _compiling() and _default_is_fused({p.device.type for p in params})
+        fused = (
+            foreach is None
+            and not _compiling()
+            and _default_is_fused({device.type for device in set(map(_DEVICE, params))})
+        )
     return (not fused) if foreach is None else foreach, fused
 
 

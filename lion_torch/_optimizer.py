@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any, Final, cast
@@ -32,6 +34,10 @@ _VARIANT_DEFAULTS: Final[Mapping[str, Any]] = {
     "fused": None,
 }
 _STATE_KEYS: Final = ("exp_avg",)
+_GRAD = operator.attrgetter("grad")
+_NOT_NONE = functools.partial(operator.is_not, None)
+_LAYOUT = operator.attrgetter("layout")
+_STRIDED_ONLY: Final = frozenset({torch.strided})
 
 
 def _momentum_dtype_name(value: object) -> object:
@@ -240,23 +246,33 @@ class Lion(Optimizer):
         exp_avgs: list[Tensor],
     ) -> None:
         """Collects the parameters of ``group`` that have a gradient; creates their state."""
-        for j, p in enumerate(group["params"]):
-            if p.grad is None:
+        # Written for hundreds of tensors per step: C-level maps where possible, one dict lookup each.
+        group_params = group["params"]
+        group_grads = list(map(_GRAD, group_params))
+        if not _STRIDED_ONLY.issuperset(map(_LAYOUT, filter(_NOT_NONE, group_grads))):
+            self._refuse_sparse(group)
+        state = self.state
+        for p, grad in zip(group_params, group_grads):
+            if grad is None:
                 continue
-            if p.grad.layout != torch.strided:
+            param_state = state[p]
+            exp_avg = param_state.get("exp_avg")
+            if exp_avg is None:
+                exp_avg = param_state["exp_avg"] = torch.zeros_like(
+                    p, dtype=_momentum_dtype(p, group), memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(exp_avg)
+
+    def _refuse_sparse(self, group: dict[str, Any]) -> None:
+        for j, p in enumerate(group["params"]):
+            if p.grad is not None and p.grad.layout != torch.strided:
                 raise lion_core.invalid_value(
                     f"param_groups[{self._group_index(group)}]['params'][{j}].grad.layout",
                     "torch.strided (Lion does not support sparse gradients)",
                     p.grad.layout,
                 )
-            state = self.state[p]
-            if len(state) == 0:
-                state["exp_avg"] = torch.zeros_like(
-                    p, dtype=_momentum_dtype(p, group), memory_format=torch.preserve_format
-                )
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -67,6 +67,7 @@ def _fsdp_config(dtype: torch.dtype, cautious: bool, path: str) -> dict:
     from torch.distributed.fsdp import fully_shard
 
     import lion_kernels.cpu_lion as cpu_lion
+    import lion_torch._functional as functional
     from lion_torch import Lion
 
     calls = []
@@ -77,6 +78,19 @@ def _fsdp_config(dtype: torch.dtype, cautious: bool, path: str) -> dict:
         return real_lion_(params, grads, momenta, **kwargs)
 
     cpu_lion.lion_ = counting_lion_
+    reductions = []  # the shape of the counts each cautious all-reduce summed
+    real_count_reduction = functional._count_reduction
+
+    def counting_reduction(mesh, dims):
+        reduce = real_count_reduction(mesh, dims)
+
+        def counted(counts):
+            reductions.append(tuple(counts.shape))
+            return reduce(counts)
+
+        return counted
+
+    functional._count_reduction = counting_reduction
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     model = _model(dtype)
     for layer in model:
@@ -91,8 +105,10 @@ def _fsdp_config(dtype: torch.dtype, cautious: bool, path: str) -> dict:
     momenta = [_full(optimizer.state[p]["exp_avg"]) for p in model.parameters()]
     kinds = {type(optimizer.state[p]["exp_avg"]).__name__ for p in model.parameters()}
     cpu_lion.lion_ = real_lion_
+    functional._count_reduction = real_count_reduction
     dist.barrier()
     return {"params": params, "momenta": momenta, "kernel_calls": calls, "momentum_types": kinds,
+            "reductions": reductions,
             "warnings": [str(w.message) for w in caught]}
 
 
@@ -131,6 +147,10 @@ def test_fully_shard_default_path_equals_the_unsharded_model(world_size):
             assert len(calls) == (STEPS if path == "default" else 0), f"{where}: {calls}"
             assert {kind for call in calls for kind in call} <= {"Tensor"}, where
             assert result["momentum_types"] == {"DTensor"}, where
+            # cautious: one all-reduce per step of every tensor's (kept, total) counts, batched.
+            sharded = 2 * sum(isinstance(layer, torch.nn.Linear) for layer in _model(dtype))
+            wanted = [(sharded, 2)] * STEPS if cautious and path == "default" else []
+            assert result["reductions"] == wanted, f"{where}: {result['reductions']}"
             assert result["warnings"] == [], f"{where} warned: {result['warnings']}"
             for i, (actual, wanted) in enumerate(zip(result["params"], expected["params"])):
                 assert_exact(actual, wanted, what=f"{where}: param {i}")

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in times.items():
         print(f"{name:<24}{1e3 * statistics.median(values):>16.2f}{1e3 * min(values):>14.2f}")
     ratio = statistics.median(times["lion_keras.Lion"]) / statistics.median(times["keras.optimizers.Lion"])
-    print(f"lion_keras / keras (median): {ratio:.2f}x "
-          f"({'at least as fast' if ratio <= 1 else 'slower'} than keras.optimizers.Lion)")
+    verdict = "at least as fast as" if ratio <= 1 else "slower than"
+    print(f"lion_keras / keras (median): {ratio:.2f}x ({verdict} keras.optimizers.Lion)")
 
 
 if __name__ == "__main__":

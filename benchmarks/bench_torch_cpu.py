@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {_cpu_model()}, "
           f"{torch.get_num_threads()} torch threads, python {platform.python_version()}")
-    print(f"# {_versions()}; cpu_lion kernel unavailable_reason(): {cpu_lion.unavailable_reason()}")
+    print(f"# {_versions()}; cpu_lion kernel: {cpu_lion.unavailable_reason() or 'available'}")
     print(f"# load average before: {_load()} (other processes on the machine slow every row)")
     rows = []
     for case in args.cases.split(","):

@@ -341,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             print("No CUDA device: nothing to measure. Run this on a GPU (or --smoke to check the script).",
                   file=sys.stderr)
             return 2
-        triton_lion.require()
+        reason = triton_lion.unavailable_reason()
+        if reason is not None:
+            print(f"The Triton kernel cannot run: {reason}", file=sys.stderr)
+            return 2
         device = torch.device("cuda", torch.cuda.current_device())
         copy_bytes = COPY_BYTES
     timer = _Timer(device)

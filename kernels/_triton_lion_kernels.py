@@ -195,7 +195,8 @@ def lion_kernel(
 
     With ``COUNT_ONLY`` the program adds the number of entries the cautious mask keeps in its chunk
     to ``counts[tensor, 0]`` (int64, shape (T, 2)) and writes nothing else; the update launch that
-    follows reads the complete counts, ``(kept, element count)`` per tensor. ``lr`` and ``decay`` are float32 values computed on the host unless
+    follows reads the complete counts, ``(kept, element count)`` per tensor. ``lr`` and ``decay``
+    are float32 values computed on the host unless
     ``LR_ON_DEVICE``, where both come from the 0-d tensor at ``lr_ptr`` (``decay`` in float64, as
     ``lion_core.decay_factor`` computes it for a Python float, then rounded once).
     """

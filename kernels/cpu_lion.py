@@ -93,7 +93,7 @@ _ABI = 2
 #: Elements per work item. Large enough that each item is a long streaming loop, small enough that
 #: two threads split a 2M-element group evenly.
 _CHUNK = 1 << 16
-_REMEDY = "reinstall lionkit with a C compiler present (pip install --force-reinstall lionkit)"
+_REMEDY = "reinstall lionkit with a C compiler present: pip install --force-reinstall --no-cache-dir lionkit"
 
 #: The (param, grad, momentum) dtype triples the C source implements, as ``_contract.triple_code``
 #: numbers them (which the C source's KIND_* constants equal).
@@ -327,7 +327,9 @@ def lion_(
     Example:
       >>> import torch
       >>> from lion_kernels import cpu_lion
-      >>> p, g, m = [torch.ones(3), torch.ones(2, 2).t()], [torch.full((3,), -1.0), torch.ones(2, 2).t()], [torch.zeros(3), torch.zeros(2, 2).t()]
+      >>> p = [torch.ones(3), torch.ones(2, 2).t()]
+      >>> g = [torch.full((3,), -1.0), torch.ones(2, 2).t()]
+      >>> m = [torch.zeros(3), torch.zeros(2, 2).t()]
       >>> if cpu_lion.unavailable_reason() is None:
       ...     left = cpu_lion.lion_(p, g, m, lr=0.5, beta1=0.9, beta2=0.99, weight_decay=0.0,
       ...                           max_lr=None, cautious=False, maximize=False)
@@ -356,7 +358,9 @@ def lion_(
         params = [params[i] for i in positions]
         grads = [grads[i] for i in positions]
         momenta = [momenta[i] for i in positions]
-        codes = [triple_code(p.dtype, g.dtype, m.dtype) for p, g, m in zip(params, grads, momenta)]  # type: ignore[misc]
+        codes = [
+            triple_code(p.dtype, g.dtype, m.dtype) for p, g, m in zip(params, grads, momenta)
+        ]  # type: ignore[misc]
         plan = _plan(params, grads, momenta, codes)  # type: ignore[arg-type]
 
     lr = float(lr)

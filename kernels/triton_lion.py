@@ -62,7 +62,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import operator
@@ -163,7 +162,10 @@ def _import_triton() -> ModuleType:
             try:
                 import triton
             except Exception as error:  # noqa: BLE001 - a broken install must not kill the program
-                _triton_error = f"Triton does not import ({type(error).__name__}: {error}); reinstall it or pass fused=False"
+                _triton_error = (
+                    f"Triton does not import ({type(error).__name__}: {error}); "
+                    "reinstall it or pass fused=False"
+                )
             else:
                 return triton
     raise KernelError(_triton_error)
@@ -267,6 +269,7 @@ def _build_addresses(pointers: Sequence[int], device: torch.device) -> _Addresse
 
 
 _modules: dict[bool, ModuleType] = {}
+_interpreter_lock = threading.Lock()
 
 
 def _kernel_module(interpret: bool) -> ModuleType:
@@ -285,7 +288,9 @@ def _kernel_module(interpret: bool) -> ModuleType:
                 name = f"lion_kernels._triton_lion_kernels_{'interpreted' if interpret else 'compiled'}"
                 spec = importlib.util.spec_from_file_location(name, _KERNELS_SOURCE)
                 if spec is None or spec.loader is None:
-                    raise KernelError(f"the Triton kernel's source {_KERNELS_SOURCE} is missing; reinstall lionkit")
+                    raise KernelError(
+                        f"the Triton kernel's source {_KERNELS_SOURCE} is missing; reinstall lionkit"
+                    )
                 module = importlib.util.module_from_spec(spec)
                 with triton.knobs.runtime.scope():
                     triton.knobs.runtime.interpret = interpret
@@ -477,19 +482,24 @@ class _Launch:
 
     def __init__(self, kernel: Any, grid: tuple[int], arguments: dict[str, Any], device: torch.device,
                  counts: torch.Tensor) -> None:
-        self.kernel, self.grid, self.arguments, self.device, self.counts = kernel, grid, arguments, device, counts
+        self.kernel, self.grid, self.arguments = kernel, grid, arguments
+        self.device, self.counts = device, counts
 
     def _guard(self) -> Any:
-        # Triton launches on the current device.
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        # Triton launches on the current device. The interpreter patches triton.language while it
+        # runs, so two threads must not interpret at once: interpreted launches take turns.
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else _interpreter_lock
 
     def count(self) -> None:
-        with self._guard():
-            _launch(self.kernel, self.grid, {**self.arguments, "counts_ptr": self.counts, "COUNT_ONLY": True})
+        self._run(count_only=True)
 
     def update(self) -> None:
+        self._run(count_only=False)
+
+    def _run(self, *, count_only: bool) -> None:
         with self._guard():
-            _launch(self.kernel, self.grid, {**self.arguments, "counts_ptr": self.counts, "COUNT_ONLY": False})
+            arguments = {**self.arguments, "counts_ptr": self.counts, "COUNT_ONLY": count_only}
+            _launch(self.kernel, self.grid, arguments)
 
 
 def _prepare(

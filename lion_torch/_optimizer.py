@@ -252,6 +252,14 @@ class Lion(Optimizer):
         if not _STRIDED_ONLY.issuperset(map(_LAYOUT, filter(_NOT_NONE, group_grads))):
             self._refuse_sparse(group)
         state = self.state
+        if all(map(_NOT_NONE, group_grads)):
+            # Every parameter has a gradient and a state (the common case): whole lists at once.
+            group_exp_avgs = [state[p].get("exp_avg") for p in group_params]
+            if all(map(_NOT_NONE, group_exp_avgs)):
+                params.extend(group_params)
+                grads.extend(group_grads)
+                exp_avgs.extend(group_exp_avgs)
+                return
         for p, grad in zip(group_params, group_grads):
             if grad is None:
                 continue

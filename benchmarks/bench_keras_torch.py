@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, model in models.items():
             times[name].append(_time_epoch(model, x, y))
     params = sum(int(np.prod(v.shape)) for v in models["lion_keras.Lion"].trainable_variables)
-    print(f"# model.fit, {LAYERS} Dense {WIDTH}x{WIDTH}, batch {BATCH}: {params / 1e6:.1f}M float32 parameters")
+    print(f"# model.fit, {LAYERS} Dense {WIDTH}x{WIDTH}, batch {BATCH}: "
+          f"{params / 1e6:.1f}M float32 parameters")
     print(f"# keras {keras.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"python {platform.python_version()}, load {os.getloadavg()[0]:.1f}; "
           f"{args.rounds} rounds of {args.steps} steps")

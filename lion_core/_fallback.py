@@ -31,7 +31,8 @@ def warn_fallback(what: str, cause: str, path: str, *, stacklevel: int = 3) -> b
         if key in _warned:
             return False
         _warned.add(key)
-    warnings.warn(f"{what} cannot run: {cause}. Using {path} instead.", FallbackWarning, stacklevel=stacklevel)
+    message = f"{what} cannot run: {cause}. Using {path} instead."
+    warnings.warn(message, FallbackWarning, stacklevel=stacklevel)
     return True
 
 

@@ -52,7 +52,8 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 #: The default path in both dtypes, with and without ``cautious``; the foreach and single-tensor paths,
 #: which handle DTensors through DTensor ops, in float64 (against the unsharded model on the same path).
-CONFIGS = [(dtype, cautious, "default") for dtype in (torch.float64, torch.float32) for cautious in (False, True)]
+CONFIGS = [(dtype, cautious, "default") for dtype in (torch.float64, torch.float32)
+           for cautious in (False, True)]
 CONFIGS += [(torch.float64, cautious, path) for path in ("foreach", "single") for cautious in (False, True)]
 FLAGS = {"default": {}, "foreach": {"foreach": True}, "single": {"foreach": False}}
 

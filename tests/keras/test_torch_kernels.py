@@ -102,9 +102,11 @@ def test_a_variable_the_kernel_hands_back_takes_foreach_with_a_warning(monkeypat
     grads = margin_grads(params, 2)
     import torch
 
-    if cpu_lion.supports(torch.zeros(2, dtype=torch.float16), torch.zeros(2, dtype=torch.float16), torch.zeros(2)):
+    half = torch.zeros(2, dtype=torch.float16)
+    if cpu_lion.supports(half, half, torch.zeros(2)):
         pytest.skip("this CPU kernel takes float16 variables")
-    with pytest.warns(lion_core.FallbackWarning, match="1 of 3 variables .*float16.*Using the foreach update"):
+    expected_warning = "1 of 3 variables .*float16.*Using the foreach update"
+    with pytest.warns(lion_core.FallbackWarning, match=expected_warning):
         got = _train(params, grads, dtypes=["float32", "float16", "float32"])
     assert np.all(np.isfinite(got[1]))
     expected = reference_lion(params, grads, lr=LR)

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import operator
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -193,7 +194,9 @@ def bulk_plain(
             return None
         if not all(map(torch.Tensor.is_contiguous, everything)):
             return None
-        if any(map(torch.Tensor.is_neg, everything)) or any(map(torch.Tensor.is_conj, everything)):
+        # A lazily negated real tensor (``x.conj().imag``) would be read without its sign. (The
+        # conjugate bit exists only on complex tensors, which the dtype check below refuses.)
+        if any(map(torch.Tensor.is_neg, everything)):
             return None
     except RuntimeError:
         return None
@@ -246,24 +249,26 @@ class TableCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self._lock = threading.Lock()  # two threads stepping at once share the cache
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._pinned: set[Hashable] = set()
 
     def get(self, key: Hashable, build: Callable[[], Any], *, pin: bool = False) -> Any:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-        else:
-            self.misses += 1
-            entry = build()
-            self._entries[key] = entry
-            self._evict()
-        if pin:
-            self._pinned.add(key)
-        return entry
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+                entry = build()
+                self._entries[key] = entry
+                self._evict()
+            if pin:
+                self._pinned.add(key)
+            return entry
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries

@@ -139,8 +139,9 @@ def _mixed_lists(kernel: Any) -> tuple[list, list, list, list[int]]:
         (torch.Tensor._make_subclass(Wrapped, r(8)), r(8), r(8)),  # 6 a subclass
         (r(4), torch.view_as_real(torch.randn(2, dtype=torch.complex64)).reshape(4), r(4)),  # 7 supported
         (r(0), r(0), r(0)),  # 8 zero-size, supported
+        (torch.randn(3, dtype=torch.complex64, generator=gen).conj().imag, r(3), r(3)),  # 9 negated view
     ]
-    refused = [1, 2, 3, 4, 5, 6]
+    refused = [1, 2, 3, 4, 5, 6, 9]
     params, grads, momenta = (list(column) for column in zip(*triples))
     return params, grads, momenta, refused
 

@@ -11,6 +11,7 @@ References:
 
 from . import _defaults as defaults
 from ._dtypes import LOW_PRECISION, compute_dtype, momentum_dtype
+from ._fallback import FallbackWarning, kernel_unavailable, warn_fallback
 from ._transfer import STABLE_BETAS, LionSettings, from_adamw
 from ._rule import (
     ArrayNamespace,
@@ -48,6 +49,7 @@ __all__ = [
     "MOMENTUM_DTYPES",
     "STABLE_BETAS",
     "ArrayNamespace",
+    "FallbackWarning",
     "LionSettings",
     "cautious_mask",
     "check_beta",
@@ -68,6 +70,7 @@ __all__ = [
     "interpolate",
     "invalid_type",
     "invalid_value",
+    "kernel_unavailable",
     "lion_direction",
     "lion_step",
     "missing_dependency",
@@ -75,4 +78,5 @@ __all__ = [
     "next_momentum",
     "resolve_max_lr",
     "sign_with_nan",
+    "warn_fallback",
 ]

@@ -507,3 +507,13 @@ def test_demo_docstring_examples_run(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], env=_environment(), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("benchmark", list(_bench.BENCHMARKS.values()), ids=lambda b: b.name)
+def test_the_checkouts_benchmark_entry_points_still_run(benchmark: _bench.Benchmark, tmp_path: Path) -> None:
+    # `python benchmarks/bench_torch_cpu.py` (the docs' command) runs the module of lion_cli.benchmarks.
+    entry_point = ROOT / "benchmarks" / benchmark.script
+    result = subprocess.run([sys.executable, str(entry_point), "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"usage: {benchmark.script} [-h]"), result.stdout

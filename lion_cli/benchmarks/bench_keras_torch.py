@@ -28,8 +28,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import lion_keras  # noqa: E402
 
 WIDTH, LAYERS, BATCH = 1024, 6, 4

@@ -73,5 +73,7 @@ def single_process(path: str, world_size: int, steps: int, dtype: torch.dtype = 
 
 def mismatch(actual: torch.Tensor, expected: torch.Tensor) -> str:
     """The first mismatching indices, for a failure message."""
-    bad = (actual != expected).nonzero()[:5].tolist()
-    return f"{int((actual != expected).sum())} of {actual.numel()} differ, first at {bad}"
+    differ = actual != expected
+    bad = differ.nonzero()[:5].tolist()
+    worst = float((actual - expected).abs().max()) if actual.numel() else 0.0
+    return f"{int(differ.sum())} of {actual.numel()} differ (max |diff| {worst:.3g}), first at {bad}"

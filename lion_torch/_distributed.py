@@ -56,6 +56,12 @@ def vote_bits(vote: str, world_size: int) -> int:
     )
 
 
+def _all_gather(output: Tensor, input: Tensor, group: dist.ProcessGroup | None) -> None:
+    """Gathers every rank's ``input`` into ``output``, with the name the installed torch prefers."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # torch < 2.13
+    gather(output, input, group=group)
+
+
 def _pack(codes: Tensor, width: int) -> Tensor:
     """Packs unsigned codes below ``2**width`` into bytes, ``8 // width`` per byte, lowest first."""
     per_byte = 8 // width
@@ -299,7 +305,7 @@ class DistributedLion(Lion):
         # Leg 2: every rank receives every voted shard.
         mine = torch.cat([_pack(codes, width), voted_flag])
         gathered = torch.empty(world * mine.numel(), dtype=torch.uint8, device=mine.device)
-        dist.all_gather_into_tensor(gathered, mine, group=self._process_group)
+        _all_gather(gathered, mine, self._process_group)
         gathered = gathered.view(world, -1)
         codes = _unpack(gathered[:, :-1], width).reshape(-1)[:n]
         if bool(gathered[:, -1].any()):

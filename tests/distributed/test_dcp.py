@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
@@ -86,6 +87,7 @@ def _assert_same(actual, expected) -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow  # three launches, up to 4 ranks
 def test_dcp_resumes_on_two_and_four_ranks_and_exports_to_one_process(tmp_path: Path) -> None:
     folder = str(tmp_path / "checkpoint")
     first = run_ranks(_save_and_continue, SAVE_WORLD, args=(folder,))

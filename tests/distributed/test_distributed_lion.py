@@ -23,6 +23,8 @@ from tests.distributed.launch import run_ranks
 SHAPES = [(7, 5), (13,), (1,), (0,), (300,)]
 HYPER = {"lr": 0.01, "betas": (0.9, 0.99), "weight_decay": 0.5}
 STEPS = 5
+#: The all-gather DistributedLion calls: ``all_gather_single`` where torch has it (2.13+).
+GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
 
 
 def _initial(rank: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -166,6 +168,7 @@ def _load_elsewhere(rank: int, world_size: int, saved: dict[str, object]) -> str
     return "loaded"
 
 
+@pytest.mark.slow  # four launches
 def test_state_dict_resumes_each_rank_and_refuses_another_world_size():
     uninterrupted = run_ranks(_save, 2, args=(STEPS,))
     halfway = run_ranks(_save, 2, args=(2,))
@@ -181,7 +184,7 @@ def test_state_dict_resumes_each_rank_and_refuses_another_world_size():
 
 def _collectives(rank: int, world_size: int) -> list[tuple[str, int, int]]:
     calls = []
-    for name in ("all_to_all_single", "all_gather_into_tensor"):
+    for name in ("all_to_all_single", GATHER):
         original = getattr(dist, name)
 
         def record(output, input, *args, _name=name, _original=original, **kwargs):
@@ -201,7 +204,7 @@ def test_the_collectives_move_one_bit_then_two_per_coordinate():
     # 1024 coordinates, 4 ranks: 256 per shard. Leg 1 sends 4 shards of 32 bytes plus a flag byte;
     # leg 2 gathers a 2-bit voted shard (64 bytes) plus a flag byte from each rank.
     calls = run_ranks(_collectives, 4)
-    assert calls[0] == [("all_to_all_single", 4 * 33, 4 * 33), ("all_gather_into_tensor", 65, 4 * 65)]
+    assert calls[0] == [("all_to_all_single", 4 * 33, 4 * 33), (GATHER, 65, 4 * 65)]
 
 
 def test_validation():

@@ -12,7 +12,8 @@ per shard; both are divided by the number of parameters.
 
 Part 2, quality: scikit-learn's digits, 4 ranks, the demo's MLP and Lion hyperparameters, the same
 global batch (4 x 32) and steps for ``DistributedLion`` (majority vote) and for ``Lion`` under
-``DistributedDataParallel``; the final training loss over the whole training set is compared.
+``DistributedDataParallel``; the final training loss over the whole training set and the accuracy
+on the demo's held-out split are compared.
 
 Usage:
   python benchmarks/bench_distributed.py            # the figures in docs/distributed.md
@@ -129,7 +130,10 @@ def _quality(rank: int, world: int, steps: int) -> dict[str, list[float]]:
             if step % 10 == 9 or step == steps - 1:
                 with torch.no_grad():
                     curve.append(float(torch.nn.functional.cross_entropy(model(x), y)))
-        curves[name] = curve
+        with torch.no_grad():
+            test = model(torch.from_numpy(data.x_test)).argmax(dim=1)
+        accuracy = float((test == torch.from_numpy(data.y_test)).float().mean())
+        curves[name] = curve + [accuracy]  # the last entry: test accuracy
     return curves
 
 
@@ -198,15 +202,16 @@ def main() -> None:
 
     steps = 60 if options.quick else 300
     curves = _run("quality", 4, steps)
+    accuracies = {name: curve.pop() for name, curve in curves.items()}
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, curve in curves.items():
         xs = [min(10 * (i + 1), steps) for i in range(len(curve))]
         ax.plot(xs, curve, label=name)
     ddp = curves["Lion + DDP"][-1]
-    report += ["", f"Digits, 4 ranks, global batch 4 x 32, {steps} steps: final training loss over the training set.",
-               "", "| optimizer | final loss | / Lion + DDP |", "|---|---|---|"]
+    report += ["", f"Digits, 4 ranks, global batch 4 x 32, {steps} steps: final training loss over the training set, accuracy on the held-out 20%.",
+               "", "| optimizer | final training loss | / Lion + DDP | test accuracy |", "|---|---|---|---|"]
     for name, curve in curves.items():
-        report.append(f"| {name} | {curve[-1]:.4f} | {curve[-1] / ddp:.3f} |")
+        report.append(f"| {name} | {curve[-1]:.4f} | {curve[-1] / ddp:.3f} | {accuracies[name]:.3f} |")
     ax.set_xlabel("step (global batch 4 x 32)")
     ax.set_ylabel("training loss (cross-entropy)")
     ax.set_yscale("log")

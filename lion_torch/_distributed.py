@@ -134,7 +134,9 @@ class DistributedLion(Lion):
       loading a state dict saved with another world size raises, since a rank's momentum has no
       counterpart there. ``cautious`` is not offered: its mask reads the local gradient, which would
       make the ranks' updates differ. Not for ``DTensor`` (FSDP2) parameters, which are already
-      sharded: use ``Lion`` there.
+      sharded: use ``Lion`` there. With ``torch.amp.GradScaler`` (float16), each rank checks only
+      its own gradients for infs, so one rank may skip a step that the others take and the vote
+      waits for it forever: train in bfloat16 without a scaler.
 
     Example:
       >>> import torch
@@ -153,6 +155,9 @@ class DistributedLion(Lion):
       arXiv:2404.00438.
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
+
+    #: ``torch.amp.GradScaler`` must unscale the gradients itself: ``step`` reads them as they are.
+    _step_supports_amp_scaling = False
 
     def __init__(
         self,

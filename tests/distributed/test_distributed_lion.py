@@ -213,3 +213,36 @@ def test_validation():
     with pytest.raises(ValueError, match=r"Invalid `vote`: expected one of \('majority', 'average'\). Received: vote='mean'"):
         DistributedLion([torch.nn.Parameter(torch.zeros(2))], vote="mean")
     assert lion_torch.DistributedLion is DistributedLion
+
+
+def _subgroups(rank: int, world_size: int) -> dict[str, object]:
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group
+    mine = groups[rank // 2]
+    params = [torch.nn.Parameter(p) for p in _initial(rank, torch.float64)]
+    opt = DistributedLion(params, **HYPER, process_group=mine)
+    start = [p.detach().clone() for p in params]
+    for step in range(2):
+        for i, p in enumerate(params):
+            g = _grad(rank, step, i)
+            p.grad = None if g is None else g
+        opt.step()
+    return {"start": start, "params": [p.detach().clone() for p in params]}
+
+
+def test_a_process_group_votes_alone_and_broadcasts_from_its_first_rank():
+    results = run_ranks(_subgroups, 4)
+    for first, second in ((0, 1), (2, 3)):
+        expected_start = _initial(first, torch.float64)  # the group's first global rank
+        for r in (first, second):
+            assert all(torch.equal(a, b) for a, b in zip(results[r]["start"], expected_start))
+        assert all(torch.equal(a, b) for a, b in zip(results[first]["params"], results[second]["params"]))
+    assert not torch.equal(results[0]["params"][0], results[2]["params"][0])
+    # The second group votes over global ranks 2 and 3's gradients, as its ranks 0 and 1.
+    grads = [[[None if (g := _grad(r, t, i)) is None else g.numpy() for i in range(len(SHAPES))] for r in (2, 3)]
+             for t in range(2)]
+    second = reference_distributed_lion(
+        [p.numpy() for p in _initial(2, torch.float64)], grads, lr=HYPER["lr"], beta1=HYPER["betas"][0],
+        beta2=HYPER["betas"][1], weight_decay=HYPER["weight_decay"],
+    )
+    for i, p in enumerate(results[2]["params"]):
+        _assert_equal(p, second.params[i], f"group 2 param {i}")

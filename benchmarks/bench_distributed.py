@@ -51,11 +51,16 @@ def _record(calls: list[tuple[str, int, int]], world: int) -> None:
         setattr(dist, name, recorded)
 
     nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
-    wrap("all_to_all_single", lambda out, inp, *a, **k: (nbytes(inp) * (world - 1) // world,
-                                                          nbytes(out) * (world - 1) // world))
+    wrap(
+        "all_to_all_single",
+        lambda out, inp, *a, **k: (nbytes(inp) * (world - 1) // world, nbytes(out) * (world - 1) // world),
+    )
     for name in ("all_gather_single", "all_gather_into_tensor"):
         if hasattr(dist, name):
-            wrap(name, lambda out, inp, *a, **k: (nbytes(inp) * (world - 1), nbytes(out) * (world - 1) // world))
+            wrap(
+                name,
+                lambda out, inp, *a, **k: (nbytes(inp) * (world - 1), nbytes(out) * (world - 1) // world),
+            )
     wrap("all_reduce", lambda t, *a, **k: (2 * nbytes(t) * (world - 1) / world,) * 2)
 
 
@@ -110,7 +115,9 @@ def _quality(rank: int, world: int, steps: int) -> dict[str, list[float]]:
     for name in ("Lion + DDP", "DistributedLion (majority)", "DistributedLion (average)"):
         model = _model()
         with torch.no_grad():  # the demo's initial weights, the same on every rank
-            for layer, (kernel, bias) in zip([m for m in model if isinstance(m, torch.nn.Linear)], demo_init(0)):
+            for layer, (kernel, bias) in zip(
+                [m for m in model if isinstance(m, torch.nn.Linear)], demo_init(0)
+            ):
                 layer.weight.copy_(torch.from_numpy(kernel.T))
                 layer.bias.copy_(torch.from_numpy(bias))
         hyper = {"lr": settings["lr"], "betas": settings["betas"], "weight_decay": settings["weight_decay"]}
@@ -119,7 +126,9 @@ def _quality(rank: int, world: int, steps: int) -> dict[str, list[float]]:
             opt: torch.optim.Optimizer = Lion(model.parameters(), **hyper)
         else:
             net = model
-            opt = DistributedLion(model.parameters(), **hyper, vote="average" if "average" in name else "majority")
+            opt = DistributedLion(
+                model.parameters(), **hyper, vote="average" if "average" in name else "majority"
+            )
         curve = []
         for step in range(steps):
             order = np.random.default_rng([0, step]).choice(len(x), per_rank * world, replace=False)
@@ -141,8 +150,9 @@ def _worker(rank: int, world: int, folder: str, task: str, args: tuple[Any, ...]
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     store = dist.FileStore(str(Path(folder) / "store"), world)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=600))
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600)
+    )
     try:
         result = {"bytes": _bytes, "quality": _quality}[task](rank, world, *args)
     finally:
@@ -167,7 +177,8 @@ def main() -> None:
 
     rows = []
     report = [
-        "| ranks | DistributedLion sends / receives (bytes per parameter) | bf16 all-reduce | fp32 all-reduce "
+        "| ranks | DistributedLion sends / receives (bytes per parameter) | bf16 all-reduce "
+        "| fp32 all-reduce "
         "| DistributedLion / bf16 |",
         "|---|---|---|---|---|",
     ]
@@ -181,9 +192,14 @@ def main() -> None:
         bf16 = sum(c[1] for c in r["bf16"]) / n
         fp32 = sum(c[1] for c in r["fp32"]) / n
         rows.append((world, sent, received, bf16, fp32))
-        report.append(f"| {world} | {sent:.4f} / {received:.4f} | {bf16:.3f} | {fp32:.3f} | 1/{bf16 / sent:.1f} |")
-    report += ["", f"Parameters: {n}. The recorded DistributedLion bytes equal the analytic count at every "
-               "world size; the all-reduce columns count what a ring all-reduce sends (and receives)."]
+        report.append(
+            f"| {world} | {sent:.4f} / {received:.4f} | {bf16:.3f} | {fp32:.3f} | 1/{bf16 / sent:.1f} |"
+        )
+    report += [
+        "",
+        f"Parameters: {n}. The recorded DistributedLion bytes equal the analytic count at every "
+        "world size; the all-reduce columns count what a ring all-reduce sends (and receives).",
+    ]
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     worlds = [r[0] for r in rows]
@@ -208,8 +224,14 @@ def main() -> None:
         xs = [min(10 * (i + 1), steps) for i in range(len(curve))]
         ax.plot(xs, curve, label=name)
     ddp = curves["Lion + DDP"][-1]
-    report += ["", f"Digits, 4 ranks, global batch 4 x 32, {steps} steps: final training loss over the training set, accuracy on the held-out 20%.",
-               "", "| optimizer | final training loss | / Lion + DDP | test accuracy |", "|---|---|---|---|"]
+    report += [
+        "",
+        f"Digits, 4 ranks, global batch 4 x 32, {steps} steps: final training loss over the training set, "
+        "accuracy on the held-out 20%.",
+        "",
+        "| optimizer | final training loss | / Lion + DDP | test accuracy |",
+        "|---|---|---|---|",
+    ]
     for name, curve in curves.items():
         report.append(f"| {name} | {curve[-1]:.4f} | {curve[-1] / ddp:.3f} | {accuracies[name]:.3f} |")
     ax.set_xlabel("step (global batch 4 x 32)")

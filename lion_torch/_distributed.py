@@ -200,7 +200,9 @@ class DistributedLion(Lion):
         devices = {p.device for g in self.param_groups for p in g["params"]}
         if len(devices) > 1:
             raise lion_core.invalid_value(
-                "params", "parameters on one device (the vote packs them into one buffer)", sorted(map(str, devices))
+                "params",
+                "parameters on one device (the vote packs them into one buffer)",
+                sorted(map(str, devices)),
             )
         source = dist.get_global_rank(process_group or dist.group.WORLD, 0)
         with torch.no_grad():

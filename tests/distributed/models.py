@@ -23,7 +23,10 @@ def make_model(dtype: torch.dtype = torch.float64) -> torch.nn.Sequential:
     """The same weights in every process: a fixed seed, drawn in float64 and rounded once."""
     gen = torch.Generator().manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Tanh(),
+        torch.nn.Linear(IN, HIDDEN),
+        torch.nn.Tanh(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.Tanh(),
         torch.nn.Linear(HIDDEN, OUT),
     )
     with torch.no_grad():
@@ -32,7 +35,9 @@ def make_model(dtype: torch.dtype = torch.float64) -> torch.nn.Sequential:
     return model.to(dtype)
 
 
-def global_batch(step: int, world_size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def global_batch(
+    step: int, world_size: int, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole batch of ``step``: ``world_size * BATCH_PER_RANK`` rows; rank r takes rows r*B:(r+1)*B."""
     gen = torch.Generator().manual_seed(1_000 + step)
     x = torch.randn(world_size * BATCH_PER_RANK, IN, generator=gen, dtype=torch.float64)
@@ -57,7 +62,9 @@ def digest(tensors: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def single_process(path: str, world_size: int, steps: int, dtype: torch.dtype = torch.float64, **options: Any):
+def single_process(
+    path: str, world_size: int, steps: int, dtype: torch.dtype = torch.float64, **options: Any
+):
     """One process training on the ranks' concatenated batches: the parameters and momenta after ``steps``."""
     from lion_torch import Lion
 

@@ -56,11 +56,15 @@ def _save_and_continue(rank: int, world_size: int, folder: str) -> dict[str, obj
     model = shard(make_model(), world_size, mixed=False)
     opt = Lion(model.parameters(), **HYPER, **PATH)
     _train(model, opt, rank, world_size, range(SAVED_AT))
-    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
-             checkpoint_id=folder)
+    dcp.save(
+        {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+        checkpoint_id=folder,
+    )
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    export = {"model": get_model_state_dict(model, options=options),
-              "optim": get_optimizer_state_dict(model, opt, options=options)}
+    export = {
+        "model": get_model_state_dict(model, options=options),
+        "optim": get_optimizer_state_dict(model, opt, options=options),
+    }
     _train(model, opt, rank, world_size, range(SAVED_AT, STEPS))
     return {"final": _full(model, opt), "export": export}
 
@@ -110,13 +114,19 @@ def test_dcp_resumes_on_two_and_four_ranks_and_exports_to_one_process(tmp_path: 
     names = [name for name, _ in model.named_parameters()]
     optim = export["optim"]
     assert sorted(optim["state"]) == sorted(names)
-    opt.load_state_dict({
-        "state": {names.index(k): v for k, v in optim["state"].items()},
-        "param_groups": [{**g, "params": [names.index(k) for k in g["params"]]} for g in optim["param_groups"]],
-    })
+    opt.load_state_dict(
+        {
+            "state": {names.index(k): v for k, v in optim["state"].items()},
+            "param_groups": [
+                {**g, "params": [names.index(k) for k in g["params"]]} for g in optim["param_groups"]
+            ],
+        }
+    )
     for step in range(SAVED_AT, STEPS):
         loss_fn(model, *global_batch(step, SAVE_WORLD)).backward()
         opt.step()
         opt.zero_grad()
-    _assert_same(([p.detach() for p in model.parameters()], [opt.state[p]["exp_avg"] for p in model.parameters()]),
-                 uninterrupted)
+    _assert_same(
+        ([p.detach() for p in model.parameters()], [opt.state[p]["exp_avg"] for p in model.parameters()]),
+        uninterrupted,
+    )

@@ -18,7 +18,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lion_torch import Lion
 from tests.distributed.launch import run_ranks
-from tests.distributed.models import HYPER, PATHS, digest, loss_fn, make_model, mismatch, rank_batch, single_process
+from tests.distributed.models import (
+    HYPER,
+    PATHS,
+    digest,
+    loss_fn,
+    make_model,
+    mismatch,
+    rank_batch,
+    single_process,
+)
 
 STEPS = 6
 WORLD = 2

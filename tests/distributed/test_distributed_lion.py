@@ -1,4 +1,4 @@
-"""``lion_torch.DistributedLion`` on 1-4 gloo ranks against ``lion_core.reference.reference_distributed_lion``.
+"""``lion_torch.DistributedLion`` on 1-4 gloo ranks against the float64 reference of its vote.
 
 The parameters start different on every rank (the constructor must broadcast rank 0's), each rank
 draws its own gradients, and after every step each rank hashes its parameters: the hashes must agree
@@ -70,19 +70,30 @@ def _train(rank: int, world_size: int, vote: str, dtype: torch.dtype, steps: int
 
 def _reference(world_size: int, vote: str, start: list[torch.Tensor], steps: int):
     grads = [
-        [[None if (g := _grad(r, t, i)) is None else g.numpy() for i in range(len(SHAPES))] for r in range(world_size)]
+        [
+            [None if (g := _grad(r, t, i)) is None else g.numpy() for i in range(len(SHAPES))]
+            for r in range(world_size)
+        ]
         for t in range(steps)
     ]
     return reference_distributed_lion(
-        [p.numpy() for p in start], grads, lr=HYPER["lr"], beta1=HYPER["betas"][0], beta2=HYPER["betas"][1],
-        weight_decay=HYPER["weight_decay"], vote=vote,
+        [p.numpy() for p in start],
+        grads,
+        lr=HYPER["lr"],
+        beta1=HYPER["betas"][0],
+        beta2=HYPER["betas"][1],
+        weight_decay=HYPER["weight_decay"],
+        vote=vote,
     )
 
 
 def _assert_equal(actual: torch.Tensor, expected: np.ndarray, what: str) -> None:
     actual_np = actual.numpy()
     bad = np.argwhere(~((actual_np == expected) | (np.isnan(actual_np) & np.isnan(expected))))
-    assert bad.size == 0, f"{what}: first mismatches at {bad[:5].tolist()}: {actual_np[tuple(bad[0])]} != {expected[tuple(bad[0])]}"
+    assert bad.size == 0, (
+        f"{what}: first mismatches at {bad[:5].tolist()}: "
+        f"{actual_np[tuple(bad[0])]} != {expected[tuple(bad[0])]}"
+    )
 
 
 @pytest.mark.parametrize(("world_size", "vote"), [(3, "majority"), (4, "majority"), (3, "average")])
@@ -122,7 +133,10 @@ def test_bfloat16_ranks_stay_bit_identical():
 
 
 def _non_finite(rank: int, world_size: int) -> list[bool]:
-    params = [torch.nn.Parameter(torch.ones(5, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    params = [
+        torch.nn.Parameter(torch.ones(5, dtype=torch.float64)),
+        torch.nn.Parameter(torch.ones(3, dtype=torch.float64)),
+    ]
     opt = DistributedLion(params, lr=0.1)
     params[0].grad = torch.ones(5, dtype=torch.float64)
     params[1].grad = torch.ones(3, dtype=torch.float64)
@@ -188,7 +202,9 @@ def _collectives(rank: int, world_size: int) -> list[tuple[str, int, int]]:
         original = getattr(dist, name)
 
         def record(output, input, *args, _name=name, _original=original, **kwargs):
-            calls.append((_name, input.numel() * input.element_size(), output.numel() * output.element_size()))
+            calls.append(
+                (_name, input.numel() * input.element_size(), output.numel() * output.element_size())
+            )
             return _original(output, input, *args, **kwargs)
 
         setattr(dist, name, record)
@@ -210,7 +226,9 @@ def test_the_collectives_move_one_bit_then_two_per_coordinate():
 def test_validation():
     with pytest.raises(RuntimeError, match="needs an initialized process group"):
         DistributedLion([torch.nn.Parameter(torch.zeros(2))])
-    with pytest.raises(ValueError, match=r"Invalid `vote`: expected one of \('majority', 'average'\). Received: vote='mean'"):
+    with pytest.raises(
+        ValueError, match=r"Invalid `vote`: expected one of \('majority', 'average'\). Received: vote='mean'"
+    ):
         DistributedLion([torch.nn.Parameter(torch.zeros(2))], vote="mean")
     assert lion_torch.DistributedLion is DistributedLion
 
@@ -238,11 +256,17 @@ def test_a_process_group_votes_alone_and_broadcasts_from_its_first_rank():
         assert all(torch.equal(a, b) for a, b in zip(results[first]["params"], results[second]["params"]))
     assert not torch.equal(results[0]["params"][0], results[2]["params"][0])
     # The second group votes over global ranks 2 and 3's gradients, as its ranks 0 and 1.
-    grads = [[[None if (g := _grad(r, t, i)) is None else g.numpy() for i in range(len(SHAPES))] for r in (2, 3)]
-             for t in range(2)]
+    grads = [
+        [[None if (g := _grad(r, t, i)) is None else g.numpy() for i in range(len(SHAPES))] for r in (2, 3)]
+        for t in range(2)
+    ]
     second = reference_distributed_lion(
-        [p.numpy() for p in _initial(2, torch.float64)], grads, lr=HYPER["lr"], beta1=HYPER["betas"][0],
-        beta2=HYPER["betas"][1], weight_decay=HYPER["weight_decay"],
+        [p.numpy() for p in _initial(2, torch.float64)],
+        grads,
+        lr=HYPER["lr"],
+        beta1=HYPER["betas"][0],
+        beta2=HYPER["betas"][1],
+        weight_decay=HYPER["weight_decay"],
     )
     for i, p in enumerate(results[2]["params"]):
         _assert_equal(p, second.params[i], f"group 2 param {i}")

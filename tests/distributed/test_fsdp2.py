@@ -34,7 +34,14 @@ from torch.distributed.tensor import DTensor
 from lion_torch import Lion
 from tests.distributed.launch import run_ranks
 from tests.distributed.models import (
-    HYPER, PATHS, global_batch, loss_fn, make_model, mismatch, rank_batch, single_process,
+    HYPER,
+    PATHS,
+    global_batch,
+    loss_fn,
+    make_model,
+    mismatch,
+    rank_batch,
+    single_process,
 )
 
 STEPS = 5
@@ -72,7 +79,9 @@ def _train(rank: int, world_size: int, path: str, config: str) -> dict[str, obje
     for p in model.parameters():
         m = opt.state[p]["exp_avg"]
         layouts.append(
-            isinstance(m, DTensor) and m.placements == p.placements and m.to_local().shape == p.to_local().shape
+            isinstance(m, DTensor)
+            and m.placements == p.placements
+            and m.to_local().shape == p.to_local().shape
         )
     return {
         "params": [p.full_tensor().detach().clone() for p in model.parameters()],

@@ -51,10 +51,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cautious": {"dtype": torch.float64, "cautious": True, "mixed": False},
     "bf16-params-fp32-reduce": {"dtype": torch.float32, "cautious": False, "mixed": True},
 }
-#: The fused (default) path crashes under FSDP2 until the kernels issue's DTensor handling lands.
-XFAIL_DEFAULT = pytest.mark.xfail(reason="fixed by the kernels issue (#10)", strict=True, run=False)
-
-
 def shard(model: torch.nn.Sequential, world_size: int, mixed: bool) -> torch.nn.Sequential:
     mesh = init_device_mesh("cpu", (world_size,))
     options: dict[str, Any] = {"mesh": mesh}
@@ -109,11 +105,7 @@ def _bf16_single_process(path: str, steps: int) -> list[torch.Tensor]:
 
 
 def _cases() -> list[object]:
-    return [
-        pytest.param(path, config, id=f"{path}-{config}", marks=[XFAIL_DEFAULT] if path == "default" else [])
-        for path in PATHS
-        for config in CONFIGS
-    ]
+    return [pytest.param(path, config, id=f"{path}-{config}") for path in PATHS for config in CONFIGS]
 
 
 @pytest.mark.parametrize(("path", "config"), _cases())

@@ -69,6 +69,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("keras-torch", "bench_keras_torch.py", ("keras", "torch"), "keras", False,
                   "lion_keras.Lion vs keras.optimizers.Lion under model.fit on the PyTorch backend",
                   ("--quick",)),
+        Benchmark("torch-distributed", "bench_distributed.py", ("torch",), "torch", False,
+                  "DistributedLion's bytes per parameter vs gradient all-reduces, 2-8 gloo ranks; quality",
+                  ("--quick",)),
     )
 }
 

@@ -388,7 +388,8 @@ def test_bench_with_a_folder_without_scripts_says_so(
     error = capsys.readouterr().err
     assert error.strip() == (
         f"lion bench: error: --benchmarks '{tmp_path / 'nowhere'}' is not a folder holding any of the "
-        "benchmark scripts (bench_torch_cpu.py, bench_torch_cuda.py, bench_optax.py, bench_keras_torch.py); "
+        "benchmark scripts (bench_torch_cpu.py, bench_torch_cuda.py, bench_optax.py, bench_keras_torch.py, "
+        "bench_distributed.py); "
         "leave --benchmarks out to run the ones installed with lionkit"
     )
 

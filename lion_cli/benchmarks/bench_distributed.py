@@ -64,7 +64,7 @@ def _record(calls: list[tuple[str, int, int]], world: int) -> None:
 
 
 def _model() -> torch.nn.Module:
-    from lion_core.cli import DEMO_HIDDEN
+    from lion_cli.recipe import DEMO_HIDDEN
 
     sizes = (64, *DEMO_HIDDEN, 10)
     layers: list[torch.nn.Module] = []
@@ -103,7 +103,7 @@ def _quality(rank: int, world: int, steps: int) -> dict[str, list[float]]:
     import numpy as np
     from torch.nn.parallel import DistributedDataParallel
 
-    from lion_core.cli import demo_data, demo_init, demo_settings
+    from lion_cli.recipe import demo_data, demo_init, demo_settings
     from lion_torch import DistributedLion, Lion
 
     data = demo_data()

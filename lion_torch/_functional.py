@@ -475,6 +475,8 @@ def _fused_lion(
         return
     hyper = dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
                  maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
+    from lion_kernels import KernelError  # lazily: the kernels are imported on the fused path only
+
     batches, wrapped = _kernel_batches(params, grads, exp_avgs, cautious)
     if wrapped:
         first = wrapped[0]
@@ -488,19 +490,28 @@ def _fused_lion(
     for (device, reduce), (indices, *lists) in batches.items():
         kernel = require_kernel(device.type)
         device_lr = lr.to(device) if isinstance(lr, Tensor) and lr.device != device else lr
-        untouched = kernel.lion_(
-            *lists,
-            lr=device_lr,
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=weight_decay,
-            max_lr=max_lr,
-            cautious=cautious,
-            maximize=maximize,
-            grad_scale=_on(grad_scale, device),
-            found_inf=_on(found_inf, device),
-            cautious_reduce=reduce,
-        )
+        try:
+            untouched = kernel.lion_(
+                *lists,
+                lr=device_lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=weight_decay,
+                max_lr=max_lr,
+                cautious=cautious,
+                maximize=maximize,
+                grad_scale=_on(grad_scale, device),
+                found_inf=_on(found_inf, device),
+                cautious_reduce=reduce,
+            )
+        except KernelError as error:
+            # The contract: nothing was written (a binary that fails to load at its first call, say),
+            # so the whole batch can still take the foreach path; the kernel's unavailable_reason()
+            # reports the cause from now on, and later steps choose foreach before calling it.
+            lion_core.warn_fallback(f"The fused {device.type} kernel ({kernel.__name__})", str(error),
+                                    "the foreach path")
+            _foreach_lion(*_pick(indices, params, grads, exp_avgs), lr=device_lr, **hyper)
+            continue
         if untouched:
             rest = [indices[j] for j in untouched]
             lion_core.warn_fallback(

@@ -322,3 +322,32 @@ def test_fused_passes_the_hyperparameters_and_amp_tensors(fake_cpu):
                      "cautious": True, "maximize": True, "cautious_reduce": None}
     assert kwargs["grad_scale"].item() == 4.0 and kwargs["found_inf"].item() == 0.0
     assert_exact(p.grad, torch.full((4,), 8.0))
+
+
+def test_a_kernel_error_at_step_takes_foreach_for_the_batch_with_one_warning(fake_cpu, spies):
+    """A kernel that fails at its call (a binary that does not load, say) has written nothing, by the
+    contract: the step completes on the foreach path, with one warning naming the kernel's error."""
+    from lion_kernels import KernelError
+
+    def failing_lion_(*args, **kwargs):
+        raise KernelError("the binary /x/_cpu_lion.so does not load (truncated); reinstall lionkit")
+
+    fake_cpu.lion_ = failing_lion_
+    rng = np.random.default_rng(3)
+    params = [tensor(rng.standard_normal(s), torch.float64, True) for s in ((4, 3), (5,))]
+    init = [p.detach().numpy().copy() for p in params]
+    grads = [[rng.standard_normal(p.shape) for p in params] for _ in range(2)]
+    opt = Lion(params, lr=0.01, weight_decay=0.1)
+    with pytest.warns(lion_core.FallbackWarning) as caught:
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = tensor(g, p.dtype)
+            opt.step()
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert "does not load (truncated); reinstall lionkit" in message
+    assert "Using the foreach path instead" in message
+    assert spies == ["_fused_lion", "_foreach_lion"] * 2
+    ref = reference_lion(init, grads, lr=0.01, weight_decay=0.1)
+    for i, p in enumerate(params):
+        assert_exact(p, ref.params[i], what=f"param {i}")

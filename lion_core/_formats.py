@@ -106,9 +106,15 @@ def derive_seed(seed: Any, stream: int, tensor: int) -> Any:
     return mix32((mixed + _const(seed, (tensor * _GOLDEN) & MASK32)) & mask)
 
 
+def _astype(x: Any, dtype: Any, xp: Any) -> Any:
+    """``xp.astype`` (the array API's name), or the array's own method (NumPy before 2.1)."""
+    astype = getattr(xp, "astype", None)
+    return astype(x, dtype) if astype is not None else x.astype(dtype)
+
+
 def uniform_from_bits(bits: Any, *, xp: Any) -> Any:
     """Maps 32 random bits to a float32 in ``[0, 1)`` exactly: ``(bits >> 8) * 2**-24``."""
-    return xp.astype(bits >> 8, xp.float32) * np.float32(2.0**-24)
+    return _astype(bits >> 8, xp.float32, xp) * np.float32(2.0**-24)
 
 
 # --- stochastic rounding of float32 to bfloat16 -------------------------------------------------
@@ -235,20 +241,20 @@ class BlockwiseInt8:
         shape = tuple(m.shape)
         size = math.prod(shape)
         blocks = self._padded_blocks(xp.reshape(m, (size,)), size, xp=xp)
-        scales = xp.astype(xp.max(xp.abs(blocks), axis=1) / self.code_max, xp.float32)
-        divisor = xp.astype(xp.where(scales == 0, 1.0, scales), blocks.dtype)
+        scales = _astype(xp.max(xp.abs(blocks), axis=1) / self.code_max, xp.float32, xp)
+        divisor = _astype(xp.where(scales == 0, 1.0, scales), blocks.dtype, xp)
         y = blocks / divisor[:, None]
         if self.rounding == "stochastic":
             if random is None:
                 raise TypeError("BlockwiseInt8.encode with rounding='stochastic' needs `random` bits")
-            u = xp.astype(uniform_from_bits(random, xp=xp), y.dtype)
+            u = _astype(uniform_from_bits(random, xp=xp), y.dtype, xp)
             u = self._padded_blocks(xp.reshape(u, (size,)), size, xp=xp)
             low = xp.floor(y)
-            q = low + xp.astype(u < y - low, y.dtype)
+            q = low + _astype(u < y - low, y.dtype, xp)
         else:
             q = xp.round(y)
         q = xp.where(q == q, xp.clip(q, -self.code_max, self.code_max), 0.0)  # NaN codes: 0
-        codes = xp.reshape(xp.astype(q, xp.int8), (-1,))[:size]
+        codes = xp.reshape(_astype(q, xp.int8, xp), (-1,))[:size]
         return xp.reshape(codes, shape), scales
 
     def decode(self, codes: Any, scales: Any, *, xp: Any, dtype: Any = None) -> Any:
@@ -256,8 +262,8 @@ class BlockwiseInt8:
         dtype = xp.float32 if dtype is None else dtype
         shape = tuple(codes.shape)
         size = math.prod(shape)
-        blocks = self._padded_blocks(xp.astype(xp.reshape(codes, (size,)), dtype), size, xp=xp)
-        values = blocks * xp.astype(scales, dtype)[:, None]
+        blocks = self._padded_blocks(_astype(xp.reshape(codes, (size,)), dtype, xp), size, xp=xp)
+        values = blocks * _astype(scales, dtype, xp)[:, None]
         return xp.reshape(xp.reshape(values, (-1,))[:size], shape)
 
     def reference_encode(self, m: np.ndarray, random: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ so the momentum's and the parameter's roundings, and two tensors, are not correl
 
 Operations take an injected namespace ``xp`` (NumPy, ``jax.numpy``; the names of the Python array
 API standard: ``reshape``, ``abs``, ``max``, ``floor``, ``round``, ``clip``, ``where``,
-``concatenate``, ``zeros``, ``astype``, ``int8``, ``float32``, ``uint32``), as ``lion_core._rule``
+``concatenate``, ``zeros``, ``asarray``, ``astype``, ``int8``, ``float32``, ``uint32``), as ``lion_core._rule``
 does; integers are Python ints or arrays of unsigned 32-bit (or masked int64) integers.
 """
 
@@ -41,6 +41,8 @@ import numpy as np
 from ._validation import MOMENTUM_DTYPES, check_bool, incompatible, invalid_type, invalid_value
 
 MASK32: Final = 0xFFFFFFFF
+#: 1/127 rounded to float32: a block's scale is its largest magnitude times this.
+INV_CODE_MAX: Final = np.float32(1.0 / 127.0)
 _GOLDEN: Final = 0x9E3779B9  # 2**32 / golden ratio: spreads consecutive counters
 
 #: Streams of ``derive_seed``: which rounding a key serves.
@@ -191,9 +193,11 @@ class FloatFormat:
 class BlockwiseInt8:
     r"""8-bit blockwise momentum: int8 codes and one float32 scale per block of ``block_size``.
 
-    For a block :math:`B` of the flattened array, :math:`s = \max_{i \in B} |m_i| / 127` (rounded to
-    float32) and :math:`q_i = \operatorname{round}(m_i / s)`, clipped to ``[-127, 127]``; decoding is
-    :math:`m_i = q_i s`. ``rounding="stochastic"`` rounds :math:`y = m_i / s` up with probability
+    For a block :math:`B` of the flattened array, :math:`s = \max_{i \in B} |m_i| \cdot c` with
+    :math:`c` = ``INV_CODE_MAX`` (1/127 in float32; :math:`s` rounded to float32) and
+    :math:`q_i = \operatorname{round}(m_i \cdot (1 / s))`, clipped to ``[-127, 127]``; decoding is
+    :math:`m_i = q_i s`. Each of these is one correctly rounded operation, so the float32 paths of
+    every backend and kernel agree bit for bit. ``rounding="stochastic"`` rounds :math:`y = m_i / s` up with probability
     :math:`y - \lfloor y \rfloor`, comparing it with ``uniform_from_bits(counter_hash(...))``; that
     comparison is exact, so float32 and float64 evaluations of the same :math:`y` agree. A block
     holding a NaN or an infinity stores codes 0 and a non-finite scale: it decodes to NaN, so the
@@ -241,9 +245,13 @@ class BlockwiseInt8:
         shape = tuple(m.shape)
         size = math.prod(shape)
         blocks = self._padded_blocks(xp.reshape(m, (size,)), size, xp=xp)
-        scales = _astype(xp.max(xp.abs(blocks), axis=1) / self.code_max, xp.float32, xp)
-        divisor = _astype(xp.where(scales == 0, 1.0, scales), blocks.dtype, xp)
-        y = blocks / divisor[:, None]
+        # Multiplications only (by a float32 constant, by a per-block reciprocal): XLA rewrites a
+        # division by a broadcast value into a multiplication by its reciprocal, so a division would
+        # round differently on different backends.
+        absmax = xp.max(xp.abs(blocks), axis=1)
+        scales = _astype(absmax * _astype(xp.asarray(INV_CODE_MAX), absmax.dtype, xp), xp.float32, xp)
+        safe = _astype(xp.where(scales == 0, 1.0, scales), blocks.dtype, xp)
+        y = blocks * (1.0 / safe)[:, None]
         if self.rounding == "stochastic":
             if random is None:
                 raise TypeError("BlockwiseInt8.encode with rounding='stochastic' needs `random` bits")
@@ -277,8 +285,8 @@ class BlockwiseInt8:
             part = slice(b * self.block_size, (b + 1) * self.block_size)
             block = flat[part]
             with np.errstate(invalid="ignore", over="ignore"):
-                scale = np.float32(np.max(np.abs(block)) / self.code_max)
-                y = block / (float(scale) if scale != 0 else 1.0)
+                scale = np.float32(np.max(np.abs(block)) * float(INV_CODE_MAX))
+                y = block * (1.0 / (float(scale) if scale != 0 else 1.0))
                 if self.rounding == "stochastic":
                     if u is None:
                         raise TypeError("reference_encode with rounding='stochastic' needs `random` bits")

@@ -72,11 +72,12 @@ def mix32(x: Any) -> Any:
     tensors masked to 32 bits (PyTorch) and Triton's uint32 values, with the same results.
     """
     mask = _const(x, MASK32)
-    x = x ^ (x >> 16)
-    x = (x * _const(x, 0x7FEB352D)) & mask
-    x = x ^ (x >> 15)
-    x = (x * _const(x, 0x846CA68B)) & mask
-    return x ^ (x >> 16)
+    with np.errstate(over="ignore"):  # NumPy scalars warn where arrays wrap silently
+        x = x ^ (x >> 16)
+        x = (x * _const(x, 0x7FEB352D)) & mask
+        x = x ^ (x >> 15)
+        x = (x * _const(x, 0x846CA68B)) & mask
+        return x ^ (x >> 16)
 
 
 def step_key(seed: Any, step: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax import ScaleByLionState  # optax's own class: states move between the two libraries
 
@@ -53,6 +54,13 @@ def _requested_momentum_dtype(mu_dtype: Any) -> Optional[str]:
     if name == "int8":  # jnp.int8 as a dtype object means the 8-bit format too
         return "int8"
     return lion_core.check_momentum_format(name, "mu_dtype")
+
+
+def _checked_seed(seed: Any) -> Any:
+    """A Python or NumPy integer is checked; an array (as ``inject_hyperparams`` passes) passes through."""
+    if isinstance(seed, (jax.Array, np.ndarray)) and jnp.issubdtype(seed.dtype, jnp.integer) and seed.shape == ():
+        return seed
+    return lion_core.check_seed(seed)
 
 
 def _flat_index(x: jax.Array) -> jax.Array:
@@ -274,7 +282,7 @@ def scale_by_lion(
     lion_core.check_beta(b2, "b2")
     requested = _requested_momentum_dtype(mu_dtype)
     lion_core.check_bool(cautious, "cautious")
-    seed = lion_core.check_seed(seed)
+    seed = _checked_seed(seed)
     if requested == "int8":
         return _scale_by_lion_int8(b1, b2, cautious, seed)
 
@@ -444,9 +452,7 @@ def apply_updates_stochastic(
       >>> float(jnp.mean(new["w"].astype(jnp.float32))) < 1.0  # some elements moved down one ulp
       True
     """
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        lion_core.check_seed(seed)
-    seed = jnp.asarray(seed, jnp.uint32)
+    seed = jnp.asarray(_checked_seed(seed), jnp.uint32)
     step = jnp.asarray(step).astype(jnp.uint32)
     leaves, treedef = jax.tree.flatten(params)
     flat_updates = treedef.flatten_up_to(updates)

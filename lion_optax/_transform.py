@@ -109,7 +109,8 @@ def _scale_by_lion_int8(b1: Any, b2: Any, cautious: bool, seed: int) -> optax.Gr
             lion_core.momentum_format(jnp.result_type(p).name, "int8", name="mu_dtype")
 
         jax.tree.map(check, params)
-        codes = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.int8), params)
+        # zeros_like keeps each parameter's sharding for its codes; scales are per block, unsharded
+        codes = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=jnp.int8), params)
         scales = jax.tree.map(lambda p: jnp.zeros((fmt.blocks(jnp.size(p)),), jnp.float32), params)
         return ScaleByLionInt8State(
             count=jnp.zeros([], jnp.int32), mu_codes=codes, mu_scales=scales, seed=jnp.asarray(seed, jnp.uint32)

@@ -250,3 +250,22 @@ def test_bfloat16_parameters_train_with_stochastic_rounding_where_nearest_stalls
     assert results["nearest"] == 1.0
     # 200 steps of -1e-4: the float32 answer is 0.98; the mean of 4096 elements is within 1e-3 of it
     assert abs(results["stochastic"] - (1.0 - 200 * 1e-4)) < 1e-3, results
+
+
+def test_sharded_int8_codes_match_the_reference():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.optax import _formats_sharding_check
+
+    if jax.device_count() >= _formats_sharding_check.DEVICES:
+        _formats_sharding_check.check()
+        return
+    # JAX's backend started before conftest could ask for 8 host devices: rerun in a fresh process.
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, "-m", "tests.optax._formats_sharding_check"], cwd=root, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

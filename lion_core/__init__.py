@@ -2,7 +2,10 @@
 
 ``lion_core`` imports no deep-learning framework. The adapters ``lion_torch``, ``lion_keras`` and
 ``lion_optax`` build their optimizers on it, and every test checks them against
-``lion_core.reference``, a float64 NumPy implementation of the same rule.
+``lion_core.reference``, a float64 NumPy implementation of the same rule. A parameter's state
+(its momentum's storage format, 8-bit blockwise included, and the parameter's rounding) is
+declared here too (``state_spec``), with the counter-based hash that makes stochastic rounding
+reproducible on every framework.
 
 References:
   Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.

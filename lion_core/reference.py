@@ -6,6 +6,10 @@ is correct when it reproduces these numbers: exactly in float64, and within a st
 precision. Running the reference in float32 (``dtype=numpy.float32``) gives the same operation order
 in single precision, which fused fp32 kernels match bit for bit.
 
+State formats (``lion_core.state_spec``: an 8-bit momentum, stochastically rounded bfloat16
+parameters) are modelled by ``reference_lion_stored``: each step computed in float32 and stored by
+``store_param`` and ``store_momentum``, with the random bits of ``lion_core.counter_hash``.
+
 Example:
   >>> import numpy as np
   >>> from lion_core.reference import reference_lion

@@ -269,3 +269,23 @@ def test_sharded_int8_codes_match_the_reference():
     result = subprocess.run([sys.executable, "-m", "tests.optax._formats_sharding_check"], cwd=root, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_state_memory_per_parameter_from_the_optimizers_own_state():
+    """The goals of the memory benchmark, on its own model: float32 4, bfloat16 2, int8 <= 1.03 bytes."""
+    from lion_cli.benchmarks import bench_memory_optax as bench
+
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in bench.SHAPES.items()}
+    n = sum(int(np.prod(s)) for s in bench.SHAPES.values())
+    per_param = lambda tx, p: bench._bytes(jax.eval_shape(tx.init, p)) / n  # noqa: E731
+    bf16 = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.bfloat16), params)
+    assert abs(per_param(lion_optax.lion(1e-4), params) - 4) < 1e-6
+    assert abs(per_param(lion_optax.lion(1e-4), bf16) - 2) < 1e-6
+    assert per_param(lion_optax.lion(1e-4, mu_dtype="int8"), params) <= 1.03
+    assert per_param(lion_optax.lion(1e-4, mu_dtype="int8"), bf16) <= 1.03
+
+
+def test_format_benchmark_runs():
+    from lion_cli.benchmarks import bench_formats
+
+    bench_formats.main(["--steps", "2"])

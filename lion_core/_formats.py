@@ -365,6 +365,14 @@ def check_momentum_format(value: object, name: str = "momentum_dtype") -> str | 
     return value
 
 
+def mismatched_state(name: str, expected: str, received: str) -> TypeError:
+    """The error for a saved state whose format is not the optimizer's (never silently converted)."""
+    return TypeError(
+        f"Invalid `{name}`: expected {expected}. Received: {received}; build the optimizer with the "
+        "momentum format the state was saved with, or start a fresh state"
+    )
+
+
 def check_seed(value: object, name: str = "seed") -> int:
     """Checks a seed: an integer in ``[0, 2**32)`` (the hash's key width)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -120,9 +120,22 @@ def _scale_by_lion_int8(b1: Any, b2: Any, cautious: bool, seed: int) -> optax.Gr
         updates: optax.Updates, state: ScaleByLionInt8State, params: Optional[optax.Params] = None
     ) -> tuple[optax.Updates, ScaleByLionInt8State]:
         del params
+        if not isinstance(state, ScaleByLionInt8State):
+            raise lion_core.mismatched_state(
+                "state", "a ScaleByLionInt8State (mu_dtype='int8')", f"a {type(state).__name__}"
+            )
         grads, treedef = jax.tree.flatten(updates)
         codes = treedef.flatten_up_to(state.mu_codes)
         scales = treedef.flatten_up_to(state.mu_scales)
+        for c, s, g in zip(codes, scales, grads):
+            wrong_codes = c.dtype != jnp.int8 or c.shape != jnp.shape(g)
+            if wrong_codes or s.dtype != jnp.float32 or s.shape != (fmt.blocks(jnp.size(g)),):
+                raise lion_core.mismatched_state(
+                    "state",
+                    f"int8 codes and {fmt.blocks(jnp.size(g))} float32 scales for a parameter of shape "
+                    f"{jnp.shape(g)}",
+                    f"{c.dtype} codes of shape {c.shape} and {s.dtype} scales of shape {s.shape}",
+                )
         out = [
             _int8_lion_leaf(
                 g, c, s, key=lion_core.derive_seed(state.seed, lion_core.MOMENTUM_STREAM, k),
@@ -299,6 +312,10 @@ def scale_by_lion(
         updates: optax.Updates, state: ScaleByLionState, params: Optional[optax.Params] = None
     ) -> tuple[optax.Updates, ScaleByLionState]:
         del params
+        if isinstance(state, ScaleByLionInt8State):
+            raise lion_core.mismatched_state(
+                "state", "an optax.ScaleByLionState (a floating mu_dtype)", "a ScaleByLionInt8State (int8)"
+            )
         grads, treedef = jax.tree.flatten(updates)
         pairs = [
             _lion_leaf(g, m, b1=b1, b2=b2, cautious=cautious)

@@ -289,3 +289,20 @@ def test_format_benchmark_runs():
     from lion_cli.benchmarks import bench_formats
 
     bench_formats.main(["--steps", "2"])
+
+
+def test_a_state_of_another_format_is_refused_with_a_clear_error():
+    params = {"w": jnp.zeros((300,))}
+    grads = {"w": jnp.ones((300,))}
+    int8, f32 = lion_optax.scale_by_lion(mu_dtype="int8"), lion_optax.scale_by_lion(mu_dtype=jnp.float32)
+    with pytest.raises(TypeError, match=r"Invalid `state`: expected a ScaleByLionInt8State \(mu_dtype='int8'\)\. "
+                                        r"Received: a ScaleByLionState"):
+        int8.update(grads, f32.init(params))
+    with pytest.raises(TypeError, match=r"Invalid `state`: expected an optax.ScaleByLionState .* Received: a "
+                                        r"ScaleByLionInt8State"):
+        f32.update(grads, int8.init(params))
+    # a state saved with another block size (one scale for all 300 elements)
+    state = int8.init(params)._replace(mu_scales={"w": jnp.zeros((1,), jnp.float32)})
+    with pytest.raises(TypeError, match=r"expected int8 codes and 2 float32 scales .* Received: int8 codes of "
+                                        r"shape \(300,\) and float32 scales of shape \(1,\)"):
+        int8.update(grads, state)

@@ -306,3 +306,66 @@ def test_a_state_of_another_format_is_refused_with_a_clear_error():
     with pytest.raises(TypeError, match=r"expected int8 codes and 2 float32 scales .* Received: int8 codes of "
                                         r"shape \(300,\) and float32 scales of shape \(1,\)"):
         int8.update(grads, state)
+
+
+def _torch_namespace(torch):
+    """The array-API names ``lion_core``'s formats use, for torch (uint32 held in int64)."""
+    class T:
+        float32, int8, uint32 = torch.float32, torch.int8, torch.int64
+        reshape, abs, floor = staticmethod(torch.reshape), staticmethod(torch.abs), staticmethod(torch.floor)
+        round, where, concatenate = staticmethod(torch.round), staticmethod(torch.where), staticmethod(torch.cat)
+        asarray = staticmethod(torch.as_tensor)
+        clip = staticmethod(lambda x, lo, hi: torch.clamp(x, lo, hi))
+        zeros = staticmethod(lambda shape, dtype: torch.zeros(shape, dtype=dtype))
+        max = staticmethod(lambda x, axis: torch.amax(x, dim=axis))
+        astype = staticmethod(lambda x, dtype: x.to(dtype))
+
+    return T
+
+
+@pytest.mark.parametrize("size", [1, 255, 257, 4097])
+def test_every_framework_draws_and_rounds_the_same_bits(size):
+    """NumPy, jax.numpy (jitted) and torch (int64 masked to 32 bits) agree on the hash, the bfloat16
+    stochastic rounding and the 8-bit encoding, bit for bit."""
+    key = lion_core.derive_seed(5, lion_core.MOMENTUM_STREAM, 3)
+    index = np.arange(size, dtype=np.uint32)
+    bits = lion_core.counter_hash(key, 17, index)
+    x = (np.random.default_rng(size).standard_normal(size) * 10).astype(np.float32)
+    codes, scales = lion_core.INT8.encode(x, bits, xp=np)
+
+    @jax.jit
+    def on_jax(key, step, x):
+        b = lion_core.counter_hash(key, step, jnp.arange(size, dtype=jnp.uint32))
+        sr = lion_core.stochastic_round_bfloat16_bits(jax.lax.bitcast_convert_type(x, jnp.uint32), b, xp=jnp)
+        return b, jax.lax.bitcast_convert_type(sr, jnp.float32), *lion_core.INT8.encode(x, b, xp=jnp)
+
+    b, sr, c, s = on_jax(jnp.uint32(key), jnp.uint32(17), jnp.asarray(x))
+    assert_exact(b, bits, what="jax hash")
+    assert_exact(sr, lion_core.stochastic_round_bfloat16(x, bits), what="jax rounding")
+    assert_exact(c, codes, what="jax codes")
+    assert_exact(s, scales, what="jax scales")
+
+    torch = pytest.importorskip("torch")
+    tb = lion_core.counter_hash(key, 17, torch.arange(size, dtype=torch.int64))
+    assert_exact(tb.numpy(), bits.astype(np.int64), what="torch hash")
+    x_bits = torch.from_numpy(x).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    t_sr = (lion_core.stochastic_round_bfloat16_bits(x_bits, tb, xp=torch) >> 16).to(torch.int32).to(torch.int16)
+    assert_exact(t_sr.view(torch.bfloat16).float(), lion_core.stochastic_round_bfloat16(x, bits), what="torch sr")
+    tc, ts = lion_core.INT8.encode(torch.from_numpy(x), tb, xp=_torch_namespace(torch))
+    assert_exact(tc, codes, what="torch codes")
+    assert_exact(ts, scales, what="torch scales")
+
+
+def test_eager_update_gives_the_same_codes_as_jit():
+    case = cases.by_id(cases.FORMAT_CASES, "int8_cautious")
+    problem = cases.problem(case, shapes=SHAPES, steps=3, missing=None)
+    _, jitted_state = run_case(case, problem)
+    tx = _tx(case, problem.steps)
+    params = [jnp.asarray(x) for x in problem.init]
+    state = tx.init(params)
+    step = _step_fn(tx, case)  # not jitted: XLA compiles each operation alone
+    for row in problem.grads:
+        params, state = step(params, state, [jnp.asarray(g) for g in row])
+    for i in range(len(SHAPES)):
+        assert_exact(_int8_state(state).mu_codes[i], _int8_state(jitted_state).mu_codes[i], what=f"codes {i}")
+        assert_exact(_int8_state(state).mu_scales[i], _int8_state(jitted_state).mu_scales[i], what=f"scales {i}")

@@ -230,11 +230,27 @@ class BlockwiseInt8:
         """Bytes of codes and scales per element of an array of ``size`` elements."""
         return (size + 4 * self.blocks(size)) / size if size else 0.0
 
-    def _padded_blocks(self, flat: Any, size: int, *, xp: Any) -> Any:
+    def _blocked(self, x: Any, *, xp: Any) -> Any:
+        """``x`` as rows of ``block_size`` in flat order: ``(..., block_size)``.
+
+        When the last axis is a whole number of blocks, the leading axes are kept (a sharded array
+        stays sharded the same way); otherwise the flattened array is padded with zeros.
+        """
+        shape = tuple(x.shape)
+        if shape and shape[-1] % self.block_size == 0:
+            return xp.reshape(x, (*shape[:-1], shape[-1] // self.block_size, self.block_size))
+        size = math.prod(shape)
+        flat = xp.reshape(x, (size,))
         pad = self.blocks(size) * self.block_size - size
         if pad:
             flat = xp.concatenate([flat, xp.zeros((pad,), dtype=flat.dtype)])
         return xp.reshape(flat, (self.blocks(size), self.block_size))
+
+    def _unblocked(self, blocks: Any, shape: tuple[int, ...], *, xp: Any) -> Any:
+        """The inverse of ``_blocked``: drops the padding and restores ``shape``."""
+        if shape and shape[-1] % self.block_size == 0:
+            return xp.reshape(blocks, shape)
+        return xp.reshape(xp.reshape(blocks, (-1,))[: math.prod(shape)], shape)
 
     def encode(self, m: Any, random: Any = None, *, xp: Any) -> tuple[Any, Any]:
         """Returns ``(codes, scales)``: int8 codes shaped like ``m``, float32 scales of ``blocks(m.size)``.
@@ -244,36 +260,33 @@ class BlockwiseInt8:
         ``m`` (``counter_hash`` of the flat indices), required when ``rounding == "stochastic"``.
         """
         shape = tuple(m.shape)
-        size = math.prod(shape)
-        blocks = self._padded_blocks(xp.reshape(m, (size,)), size, xp=xp)
+        blocks = self._blocked(m, xp=xp)
         # Multiplications only (by a float32 constant, by a per-block reciprocal): XLA rewrites a
         # division by a broadcast value into a multiplication by its reciprocal, so a division would
         # round differently on different backends.
-        absmax = xp.max(xp.abs(blocks), axis=1)
+        absmax = xp.max(xp.abs(blocks), axis=-1)
         scales = _astype(absmax * _astype(xp.asarray(INV_CODE_MAX), absmax.dtype, xp), xp.float32, xp)
         safe = _astype(xp.where(scales == 0, 1.0, scales), blocks.dtype, xp)
-        y = blocks * (1.0 / safe)[:, None]
+        y = blocks * (1.0 / safe)[..., None]
         if self.rounding == "stochastic":
             if random is None:
                 raise TypeError("BlockwiseInt8.encode with rounding='stochastic' needs `random` bits")
-            u = _astype(uniform_from_bits(random, xp=xp), y.dtype, xp)
-            u = self._padded_blocks(xp.reshape(u, (size,)), size, xp=xp)
+            u = self._blocked(_astype(uniform_from_bits(random, xp=xp), y.dtype, xp), xp=xp)
             low = xp.floor(y)
             q = low + _astype(u < y - low, y.dtype, xp)
         else:
             q = xp.round(y)
         q = xp.where(q == q, xp.clip(q, -self.code_max, self.code_max), 0.0)  # NaN codes: 0
-        codes = xp.reshape(_astype(q, xp.int8, xp), (-1,))[:size]
-        return xp.reshape(codes, shape), scales
+        codes = self._unblocked(_astype(q, xp.int8, xp), shape, xp=xp)
+        return codes, xp.reshape(scales, (self.blocks(math.prod(shape)),))
 
     def decode(self, codes: Any, scales: Any, *, xp: Any, dtype: Any = None) -> Any:
         """Returns ``codes * scale`` shaped like ``codes``, in ``dtype`` (float32 unless given)."""
         dtype = xp.float32 if dtype is None else dtype
         shape = tuple(codes.shape)
-        size = math.prod(shape)
-        blocks = self._padded_blocks(_astype(xp.reshape(codes, (size,)), dtype, xp), size, xp=xp)
-        values = blocks * _astype(scales, dtype, xp)[:, None]
-        return xp.reshape(xp.reshape(values, (-1,))[:size], shape)
+        blocks = self._blocked(_astype(codes, dtype, xp), xp=xp)
+        values = blocks * xp.reshape(_astype(scales, dtype, xp), blocks.shape[:-1])[..., None]
+        return self._unblocked(values, shape, xp=xp)
 
     def reference_encode(self, m: np.ndarray, random: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The float64 reference of ``encode``, block by block with Python loops over blocks."""

@@ -124,7 +124,9 @@ def test_nearest_bfloat16_matches_ml_dtypes():
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("shape", [(0,), (1,), (), (255,), (257,), (4097,), (3, 1, 5), (2, 0, 3)])
+@pytest.mark.parametrize(
+    "shape", [(0,), (1,), (), (255,), (257,), (4097,), (3, 1, 5), (2, 0, 3), (3, 512), (0, 256), (2, 1, 768)]
+)
 def test_int8_round_trip_error_is_within_one_code_step(shape, rounding):
     fmt = BlockwiseInt8(rounding=rounding)
     m = (np.random.default_rng(1).standard_normal(shape) * 1e-3).astype(np.float32)
@@ -143,12 +145,16 @@ def test_int8_round_trip_error_is_within_one_code_step(shape, rounding):
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("size", SIZES)
-def test_int8_encode_in_float64_is_its_reference(size, rounding):
+@pytest.mark.parametrize("shape", [(size,) for size in SIZES] + [(3, 512), (5, 256)])
+def test_int8_encode_in_float64_is_its_reference(shape, rounding):
+    """Both layouts (blocks along a last axis of whole blocks, or the padded flat array) are the
+    reference's flat blocks."""
     fmt = BlockwiseInt8(rounding=rounding)
+    size = int(np.prod(shape))
     m = np.random.default_rng(2).standard_normal(size)
     m[: size // 3] *= 1e-4
-    codes, scales = fmt.encode(m, _bits(size), xp=np)
+    m = m.reshape(shape)
+    codes, scales = fmt.encode(m, _bits(size).reshape(shape), xp=np)
     ref_codes, ref_scales = fmt.reference_encode(m, _bits(size))
     assert_exact(codes, ref_codes, what="codes")
     assert_exact(scales, ref_scales, what="scales")

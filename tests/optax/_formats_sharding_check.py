@@ -1,6 +1,7 @@
 """The 8-bit momentum under sharding, runnable alone: ``python -m tests.optax._formats_sharding_check``.
 
-Parameters sharded over a 4x2 mesh of host devices give int8 codes with the parameters' shardings,
+Parameters sharded over a 4x2 mesh of host devices give int8 codes with the parameters' shardings
+(after the jitted steps too, for a parameter whose last axis holds whole blocks),
 and after a few jitted steps the codes and scales are bit-identical to ``lion_core.reference``'s
 (``reference_lion_stored``), as are the bfloat16 parameters stored by ``apply_updates_stochastic``
 to a one-device run.
@@ -32,7 +33,7 @@ def check() -> None:
     names = ("w", "b", "scale")
     specs = {"w": PartitionSpec("data", "model"), "b": PartitionSpec("model"), "scale": PartitionSpec()}
     rng = np.random.default_rng(0)
-    host = {"w": rng.standard_normal((64, 10)), "b": rng.standard_normal(6), "scale": rng.standard_normal(())}
+    host = {"w": rng.standard_normal((64, 1024)), "b": rng.standard_normal(6), "scale": rng.standard_normal(())}
     host = {k: v.astype(np.float32) for k, v in host.items()}
     grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in host.items()} for _ in range(4)]
     put = lambda tree, dtype=None: {  # noqa: E731
@@ -76,6 +77,9 @@ def check() -> None:
         assert_exact(state[0].mu_scales[k], expected.stored[i].scales, what=f"{k} scales")
         assert_exact(params[k], runs[False][0][k], what=f"{k} sharded vs one device")
         assert params[k].sharding.is_equivalent_to(NamedSharding(mesh, specs[k]), params[k].ndim)
+    # codes keep the parameter's sharding where its last axis holds whole blocks (w: 1024 = 4 x 256)
+    codes = state[0].mu_codes["w"]
+    assert codes.sharding.is_equivalent_to(NamedSharding(mesh, specs["w"]), codes.ndim), codes.sharding
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from tests.optax._helpers import f32_param_atol, learning_rate
 
 ROWS = cases.select(cases.FORMAT_CASES, unsupported={"maximize": "optax has no maximize flag"})
 #: Odd sizes, a zero-size and a 0-d parameter, blocks cut short.
-SHAPES = ((5, 3), (0,), (), (1,), (255,), (257,), (4097,))
+SHAPES = ((5, 3), (0,), (), (1,), (255,), (257,), (4097,), (3, 512))
 
 
 def _lion_state(state, kind=(lion_optax.ScaleByLionInt8State, optax.ScaleByLionState)):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final, Union
+from typing import Any, Callable, Final, Union
 
 import numpy as np
 
@@ -376,6 +376,19 @@ def check_momentum_format(value: object, name: str = "momentum_dtype") -> str | 
     if value not in MOMENTUM_FORMATS:
         raise invalid_value(name, f"None or one of {MOMENTUM_FORMATS}", value)
     return value
+
+
+def resolve_seed(seed: object, draw: Callable[[], int], name: str = "seed") -> int:
+    """The seed an optimizer keeps: ``seed`` if given (checked), else one value from ``draw``.
+
+    ``draw`` is the host's random generator, called once at construction (PyTorch:
+    ``lambda: int(torch.randint(0, 2**32, ()))``, so ``torch.manual_seed`` makes it reproducible;
+    Keras: its seed generator). The result is saved in the optimizer's state, so a resumed run
+    continues with the same bits.
+    """
+    if seed is None:
+        return check_seed(draw(), name)
+    return check_seed(seed, name)
 
 
 def mismatched_state(name: str, expected: str, received: str) -> TypeError:

@@ -285,3 +285,16 @@ def test_reference_stored_runs_step_then_store():
         assert_exact(out.stored[i].codes, stored[i].codes, what=f"codes {i}")
         assert_exact(out.stored[i].scales, stored[i].scales, what=f"scales {i}")
         assert_exact(out.params[i], round_bfloat16_nearest(out.params[i]), what="bf16-representable")
+
+
+def test_resolve_seed_draws_once_only_when_none_is_given():
+    calls = []
+
+    def draw() -> int:
+        calls.append(1)
+        return 2**32 - 1
+
+    assert lion_core.resolve_seed(7, draw) == 7 and calls == []
+    assert lion_core.resolve_seed(None, draw) == 2**32 - 1 and calls == [1]
+    with pytest.raises(ValueError, match=r"Invalid `seed`: expected 0 <= seed < 2\*\*32. Received: seed=4294967296"):
+        lion_core.resolve_seed(None, lambda: 2**32)

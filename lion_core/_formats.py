@@ -230,27 +230,60 @@ class BlockwiseInt8:
         """Bytes of codes and scales per element of an array of ``size`` elements."""
         return (size + 4 * self.blocks(size)) / size if size else 0.0
 
-    def _blocked(self, x: Any, *, xp: Any) -> Any:
-        """``x`` as rows of ``block_size`` in flat order: ``(..., block_size)``.
+    def _parts(self, x: Any, *, xp: Any) -> list[Any]:
+        """``x`` as rows of ``block_size`` in flat order, in at most two arrays ``(..., block_size)``.
 
-        When the last axis is a whole number of blocks, the leading axes are kept (a sharded array
-        stays sharded the same way); otherwise the flattened array is padded with zeros.
+        When the last axis is a whole number of blocks, one array that keeps the leading axes (a
+        sharded array stays sharded the same way). Otherwise the whole blocks of the flattened
+        array, then its last, short block padded with zeros: padding only the tail keeps XLA from
+        copying the whole array.
         """
         shape = tuple(x.shape)
         if shape and shape[-1] % self.block_size == 0:
-            return xp.reshape(x, (*shape[:-1], shape[-1] // self.block_size, self.block_size))
+            return [xp.reshape(x, (*shape[:-1], shape[-1] // self.block_size, self.block_size))]
         size = math.prod(shape)
         flat = xp.reshape(x, (size,))
-        pad = self.blocks(size) * self.block_size - size
-        if pad:
-            flat = xp.concatenate([flat, xp.zeros((pad,), dtype=flat.dtype)])
-        return xp.reshape(flat, (self.blocks(size), self.block_size))
+        whole = size // self.block_size * self.block_size
+        parts = [xp.reshape(flat[:whole], (whole // self.block_size, self.block_size))] if whole else []
+        if size > whole:
+            tail = xp.concatenate([flat[whole:], xp.zeros((whole + self.block_size - size,), dtype=flat.dtype)])
+            parts.append(xp.reshape(tail, (1, self.block_size)))
+        return parts
 
-    def _unblocked(self, blocks: Any, shape: tuple[int, ...], *, xp: Any) -> Any:
-        """The inverse of ``_blocked``: drops the padding and restores ``shape``."""
+    def _joined(self, parts: list[Any], shape: tuple[int, ...], *, xp: Any) -> Any:
+        """The inverse of ``_parts``: drops the padding and restores ``shape``."""
         if shape and shape[-1] % self.block_size == 0:
-            return xp.reshape(blocks, shape)
-        return xp.reshape(xp.reshape(blocks, (-1,))[: math.prod(shape)], shape)
+            return xp.reshape(parts[0], shape)
+        size = math.prod(shape)
+        flats = [xp.reshape(part, (-1,)) for part in parts]
+        if size % self.block_size:
+            flats[-1] = flats[-1][: size % self.block_size]
+        return xp.reshape(flats[0] if len(flats) == 1 else xp.concatenate(flats), shape)
+
+    def _scale_parts(self, scales: Any, parts: list[Any], *, xp: Any) -> list[Any]:
+        """The stored flat ``scales`` cut and shaped like ``parts`` without their block axis."""
+        out, start = [], 0
+        for part in parts:
+            count = math.prod(tuple(part.shape[:-1]))
+            out.append(xp.reshape(scales[start : start + count], tuple(part.shape[:-1])))
+            start += count
+        return out
+
+    def _encode_part(self, blocks: Any, u: Any, *, xp: Any) -> tuple[Any, Any]:
+        # Multiplications only (by a float32 constant, by a per-block reciprocal): XLA rewrites a
+        # division by a broadcast value into a multiplication by its reciprocal, so a division would
+        # round differently on different backends.
+        absmax = xp.max(xp.abs(blocks), axis=-1)
+        scales = _astype(absmax * _astype(xp.asarray(INV_CODE_MAX), absmax.dtype, xp), xp.float32, xp)
+        safe = _astype(xp.where(scales == 0, 1.0, scales), blocks.dtype, xp)
+        y = blocks * (1.0 / safe)[..., None]
+        if u is not None:
+            low = xp.floor(y)
+            q = low + _astype(u < y - low, y.dtype, xp)
+        else:
+            q = xp.round(y)
+        q = xp.where(q == q, xp.clip(q, -self.code_max, self.code_max), 0.0)  # NaN codes: 0
+        return _astype(q, xp.int8, xp), xp.reshape(scales, (-1,))
 
     def encode(self, m: Any, random: Any = None, *, xp: Any) -> tuple[Any, Any]:
         """Returns ``(codes, scales)``: int8 codes shaped like ``m``, float32 scales of ``blocks(m.size)``.
@@ -260,33 +293,29 @@ class BlockwiseInt8:
         ``m`` (``counter_hash`` of the flat indices), required when ``rounding == "stochastic"``.
         """
         shape = tuple(m.shape)
-        blocks = self._blocked(m, xp=xp)
-        # Multiplications only (by a float32 constant, by a per-block reciprocal): XLA rewrites a
-        # division by a broadcast value into a multiplication by its reciprocal, so a division would
-        # round differently on different backends.
-        absmax = xp.max(xp.abs(blocks), axis=-1)
-        scales = _astype(absmax * _astype(xp.asarray(INV_CODE_MAX), absmax.dtype, xp), xp.float32, xp)
-        safe = _astype(xp.where(scales == 0, 1.0, scales), blocks.dtype, xp)
-        y = blocks * (1.0 / safe)[..., None]
+        if math.prod(shape) == 0:
+            return xp.zeros(shape, dtype=xp.int8), xp.zeros((0,), dtype=xp.float32)
+        parts = self._parts(m, xp=xp)
         if self.rounding == "stochastic":
             if random is None:
                 raise TypeError("BlockwiseInt8.encode with rounding='stochastic' needs `random` bits")
-            u = self._blocked(_astype(uniform_from_bits(random, xp=xp), y.dtype, xp), xp=xp)
-            low = xp.floor(y)
-            q = low + _astype(u < y - low, y.dtype, xp)
+            u_parts = self._parts(_astype(uniform_from_bits(random, xp=xp), m.dtype, xp), xp=xp)
         else:
-            q = xp.round(y)
-        q = xp.where(q == q, xp.clip(q, -self.code_max, self.code_max), 0.0)  # NaN codes: 0
-        codes = self._unblocked(_astype(q, xp.int8, xp), shape, xp=xp)
-        return codes, xp.reshape(scales, (self.blocks(math.prod(shape)),))
+            u_parts = [None] * len(parts)
+        encoded = [self._encode_part(part, u, xp=xp) for part, u in zip(parts, u_parts)]
+        codes = self._joined([c for c, _ in encoded], shape, xp=xp)
+        scales = [s for _, s in encoded]
+        return codes, scales[0] if len(scales) == 1 else xp.concatenate(scales)
 
     def decode(self, codes: Any, scales: Any, *, xp: Any, dtype: Any = None) -> Any:
         """Returns ``codes * scale`` shaped like ``codes``, in ``dtype`` (float32 unless given)."""
         dtype = xp.float32 if dtype is None else dtype
         shape = tuple(codes.shape)
-        blocks = self._blocked(_astype(codes, dtype, xp), xp=xp)
-        values = blocks * xp.reshape(_astype(scales, dtype, xp), blocks.shape[:-1])[..., None]
-        return self._unblocked(values, shape, xp=xp)
+        if math.prod(shape) == 0:
+            return xp.zeros(shape, dtype=dtype)
+        parts = self._parts(_astype(codes, dtype, xp), xp=xp)
+        scale_parts = self._scale_parts(_astype(scales, dtype, xp), parts, xp=xp)
+        return self._joined([p * s[..., None] for p, s in zip(parts, scale_parts)], shape, xp=xp)
 
     def reference_encode(self, m: np.ndarray, random: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The float64 reference of ``encode``, block by block with Python loops over blocks."""

@@ -66,6 +66,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                   ("--scale", "0.1", "--repeats", "5")),
         Benchmark("optax", "bench_optax.py", ("jax", "optax"), "jax", False,
                   "lion_optax.lion vs optax.lion and optax.adamw under jit", ("--quick",)),
+        Benchmark("keras-torch", "bench_keras_torch.py", ("keras", "torch"), "keras", False,
+                  "lion_keras.Lion vs keras.optimizers.Lion under model.fit on the PyTorch backend",
+                  ("--quick",)),
+        Benchmark("torch-distributed", "bench_distributed.py", ("torch",), "torch", False,
+                  "DistributedLion's bytes per parameter vs gradient all-reduces, 2-8 gloo ranks; quality",
+                  ("--quick",)),
     )
 }
 

@@ -37,6 +37,7 @@ from ._formats import (
     stochastic_round_bfloat16_bits,
     uniform_from_bits,
 )
+from ._fallback import FallbackWarning, kernel_unavailable, warn_fallback
 from ._transfer import STABLE_BETAS, LionSettings, from_adamw
 from ._rule import (
     ArrayNamespace,
@@ -80,6 +81,7 @@ __all__ = [
     "STABLE_BETAS",
     "ArrayNamespace",
     "BlockwiseInt8",
+    "FallbackWarning",
     "FloatFormat",
     "LionSettings",
     "Slot",
@@ -108,9 +110,10 @@ __all__ = [
     "interpolate",
     "invalid_type",
     "invalid_value",
-    "mismatched_state",
+    "kernel_unavailable",
     "lion_direction",
     "lion_step",
+    "mismatched_state",
     "missing_dependency",
     "momentum_dtype",
     "momentum_format",
@@ -122,4 +125,5 @@ __all__ = [
     "stochastic_round_bfloat16",
     "stochastic_round_bfloat16_bits",
     "uniform_from_bits",
+    "warn_fallback",
 ]

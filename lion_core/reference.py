@@ -37,6 +37,7 @@ from ._formats import (
     stochastic_round_bfloat16,
 )
 from ._rule import lion_step
+from ._rule import decay_factor, interpolate, next_momentum  # distributed Lion's vote
 from ._validation import check_beta, check_decoupling, check_learning_rate, check_weight_decay
 
 #: A hyperparameter for the reference: a constant, one value per step, or a function of the step
@@ -183,6 +184,92 @@ def reference_lion(
                 **hyper,
             )
     return ReferenceResult(current, moments)
+
+
+class DistributedReferenceResult(NamedTuple):
+    """The shared parameters and each rank's momenta after ``reference_distributed_lion``."""
+
+    params: list[np.ndarray]
+    momentum: list[list[np.ndarray]]  # momentum[rank][i]
+
+
+def reference_vote(signs: Sequence[np.ndarray], vote: str = "majority") -> np.ndarray:
+    """Combines the ranks' ±1 directions: the sign of their sum (0 on a tie), or their mean."""
+    total = np.sum(np.stack([np.asarray(s, dtype=np.float64) for s in signs]), axis=0)
+    if vote == "majority":
+        return np.sign(total)
+    if vote == "average":
+        return total / len(signs)
+    raise ValueError(f"Invalid `vote`: expected 'majority' or 'average'. Received: vote={vote!r}")
+
+
+def reference_distributed_lion(
+    params: Sequence[npt.ArrayLike],
+    grads: Iterable[Sequence[Sequence[npt.ArrayLike | None]]],
+    *,
+    lr: PerStep,
+    beta1: PerStep = 0.9,
+    beta2: PerStep = 0.99,
+    weight_decay: PerStep = 0.0,
+    max_lr: float | None = None,
+    maximize: bool = False,
+    vote: str = "majority",
+) -> DistributedReferenceResult:
+    """Runs the sign vote of distributed Lion (Liu et al. 2024, arXiv:2404.00438) in float64.
+
+    Each rank ``r`` keeps its own momentum ``m_r``; its local direction is ``sign(c_r)`` with
+    ``c_r = beta1 * m_r + (1 - beta1) * g_r``, where an exact 0 counts as +1 if ``r + t`` is even and
+    -1 otherwise (``t``: the steps taken so far, counting those where some parameter had a gradient);
+    every rank applies ``p <- p * decay - lr * vote(signs)``. A non-finite ``c_r`` on any rank
+    makes the step's update NaN for every parameter stepped. Real parameters only.
+
+    Args:
+      params: the initial parameters (shared by every rank).
+      grads: for each step, for each rank, one gradient per parameter, or ``None`` where the parameter
+        has no gradient that step (then on every rank).
+      lr, beta1, beta2, weight_decay, max_lr, maximize: as in ``reference_lion``.
+      vote: ``"majority"`` or ``"average"`` (``reference_vote``).
+
+    Returns:
+      The parameters and every rank's momenta.
+    """
+    check_decoupling(max_lr is not None, max_lr)
+    current = [np.array(p, dtype=np.float64) for p in params]
+    moments: list[list[np.ndarray]] | None = None
+    steps_taken = 0
+    for step, per_rank in enumerate(grads):
+        world = len(per_rank)
+        if moments is None:
+            moments = [[np.zeros_like(p) for p in current] for _ in range(world)]
+        if len(moments) != world:
+            raise ValueError(f"step {step} has {world} ranks, step 0 had {len(moments)}")
+        lr_t = check_learning_rate(_value_at(lr, step))
+        b1 = check_beta(_value_at(beta1, step), "beta1")
+        b2 = check_beta(_value_at(beta2, step), "beta2")
+        decay = decay_factor(lr_t, check_weight_decay(_value_at(weight_decay, step)), max_lr)
+        stepped = [i for i, g in enumerate(per_rank[0]) if g is not None]
+        if any((g is None) != (per_rank[0][i] is None) for rank in per_rank for i, g in enumerate(rank)):
+            raise ValueError(f"step {step}: a parameter has a gradient on some ranks only")
+        if not stepped:
+            continue
+        updates, nonfinite = {}, False
+        for i in stepped:
+            signs = []
+            for r in range(world):
+                g = np.array(per_rank[r][i], dtype=np.float64).reshape(current[i].shape)
+                g = -g if maximize else g
+                with np.errstate(invalid="ignore"):
+                    c = interpolate(moments[r][i], g, b1)
+                nonfinite |= not np.all(np.isfinite(c))
+                zero = 1.0 if (r + steps_taken) % 2 == 0 else -1.0
+                signs.append(np.where(c > 0, 1.0, np.where(c < 0, -1.0, zero)))
+                moments[r][i] = next_momentum(moments[r][i], g, beta2=b2)
+            updates[i] = reference_vote(signs, vote)
+        for i in stepped:
+            update = np.full_like(current[i], np.nan) if nonfinite else updates[i]
+            current[i] = current[i] * decay - lr_t * update
+        steps_taken += 1
+    return DistributedReferenceResult(current, moments or [])
 
 
 # --- storage formats and rounding ----------------------------------------------------------------

@@ -90,8 +90,10 @@ class Lion(keras.optimizers.Optimizer):
     reals, and the arithmetic runs in at least float32. Everything else (clipping, weight decay,
     ``exclude_from_weight_decay``, EMA, gradient accumulation, loss scaling, schedules) is Keras' base
     class at work, so with the defaults the numbers are those of ``keras.optimizers.Lion`` on every
-    backend. On the PyTorch backend all variables are updated together with ``torch._foreach_*`` ops,
-    like Keras' own PyTorch Lion.
+    backend. On the PyTorch backend all variables are updated together: by lionkit's fused kernel
+    (``lion_kernels``: the C kernel on the CPU, Triton on CUDA) where it can run, else with
+    ``torch._foreach_*`` ops like Keras' own PyTorch Lion; a kernel that cannot run, or a variable it
+    cannot take, warns once (``lion_core.FallbackWarning``, naming the cause and the path taken).
 
     Because the update is a sign, its norm is larger than Adam's: the paper finds a learning rate
     3-10x smaller than AdamW's suitable, with a weight decay 3-10x larger to keep

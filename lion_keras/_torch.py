@@ -1,15 +1,22 @@
-"""The PyTorch backend's multi-tensor path of ``lion_keras.Lion``: see ``Lion.update_step``.
+"""The PyTorch backend's multi-tensor paths of ``lion_keras.Lion``: see ``Lion.update_step``.
 
-``lion_core``'s rule is written with ``+ - * / >`` and an injected namespace. Here its operands are
-lists of tensors whose operators are ``torch._foreach_*`` calls, so the same functions that run
-per array elsewhere run over all of a model's variables at once: one kernel launch per operation
-instead of one per operation and variable, as in Keras' own PyTorch Lion.
+First choice: ``lion_kernels`` (the one-pass C kernel on the CPU, Triton on CUDA), which computes
+``lion_core``'s rule over all variables in one call, through the kernel contract. What a kernel cannot
+take (or every variable, where no kernel can run, or while ``torch.compile`` traces) takes the foreach
+path below, with a one-time ``lion_core.FallbackWarning`` when a kernel was expected to run.
+
+The foreach path: ``lion_core``'s rule is written with ``+ - * / >`` and an injected namespace. Here
+its operands are lists of tensors whose operators are ``torch._foreach_*`` calls, so the same
+functions that run per array elsewhere run over all of a model's variables at once: one kernel launch
+per operation instead of one per operation and variable, as in Keras' own PyTorch Lion.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import defaultdict
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -18,6 +25,10 @@ from keras import ops
 import lion_core
 
 from ._optimizer import _dtype
+
+#: The kernel module for each device type that has one (imported on first use; it builds nothing).
+KERNEL_MODULES: dict[str, str] = {"cpu": "lion_kernels.cpu_lion", "cuda": "lion_kernels.triton_lion"}
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 _TORCH_DTYPES = {
     "float16": torch.float16,
@@ -92,14 +103,91 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
+def _kernel(device_type: str) -> ModuleType | None:
+    """The fused kernel for ``device_type`` when it can run; else ``None``, after a one-time warning
+    naming the cause where one was expected (``unavailable_reason`` is pure: nothing is built)."""
+    name = KERNEL_MODULES.get(device_type)
+    if name is None:
+        return None  # no kernel exists for this device: foreach is the plan, not a fallback
+    what = f"lionkit's fused {device_type} kernel for lion_keras.Lion"
+    try:
+        kernel = importlib.import_module(name)
+    except ImportError as error:
+        lion_core.warn_fallback(what, f"{name} cannot be imported ({error})", "the foreach update")
+        return None
+    reason = kernel.unavailable_reason()
+    if reason is not None:
+        lion_core.warn_fallback(what, reason, "the foreach update")
+        return None
+    return kernel
+
+
+def _scalar(value: Any, dtype: torch.dtype) -> float:
+    """``value`` rounded to the compute dtype, as a float: the kernel then forms ``1 - beta`` from
+    the same number as Keras' Lion, which casts the betas before subtracting."""
+    return float(torch.as_tensor(ops.convert_to_tensor(value), dtype=dtype).item())
+
+
+def _fused_update(
+    optimizer: Any, grads: list[Any], variables: Sequence[Any], momentums: list[Any], learning_rate: Any
+) -> list[int]:
+    """Updates through ``lion_kernels`` what a kernel takes; returns the indices left to foreach."""
+    params = [_real(v.value) for v in variables]
+    moms = [_real(m.value) for m in momentums]
+    reals = [_real(g) for g in grads]
+    batches: dict[tuple[torch.device, str], list[int]] = defaultdict(list)
+    rest: list[int] = []
+    for i, (variable, grad, momentum, param) in enumerate(zip(variables, grads, momentums, params)):
+        if not all(type(t) in _PLAIN_TYPES for t in (param, reals[i], moms[i])):
+            rest.append(i)  # a tensor subclass: a kernel must never receive its pointer
+            continue
+        name = lion_core.compute_dtype(_dtype(variable), _dtype(grad), _dtype(momentum))
+        batches[(param.device, name)].append(i)
+    for (device, name), indices in batches.items():
+        kernel = _kernel(device.type)
+        if kernel is None:
+            rest.extend(indices)
+            continue
+        dtype = _TORCH_DTYPES[name]
+        beta_1, beta_2 = (_scalar(beta, dtype) for beta in optimizer._betas(name))
+        untouched = kernel.lion_(
+            [params[i] for i in indices],
+            [reals[i] for i in indices],
+            [moms[i] for i in indices],
+            lr=_scalar(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            weight_decay=0.0,  # applied by the base class's `_apply_weight_decay`, as for Keras' Lion
+            max_lr=None,
+            cautious=optimizer.cautious,
+            maximize=False,
+        )
+        if untouched:
+            first = indices[untouched[0]]
+            lion_core.warn_fallback(
+                f"lionkit's fused {device.type} kernel for some variables of lion_keras.Lion",
+                f"it does not support, or cannot update in place, {len(untouched)} of {len(indices)} "
+                f"variables (the first: '{variables[first].path}', {_dtype(variables[first])})",
+                "the foreach update for them",
+            )
+            rest.extend(indices[j] for j in untouched)
+    return sorted(rest)
+
+
 @torch.no_grad()
 def multi_tensor_update(
     optimizer: Any, grads: Sequence[Any], variables: Sequence[Any], learning_rate: Any
 ) -> None:
-    """``Lion.update_step`` for all ``variables`` at once, grouped by compute dtype."""
-    groups: dict[str, list[int]] = defaultdict(list)
+    """``Lion.update_step`` for all ``variables`` at once: the fused kernels where they can run,
+    else foreach ops grouped by compute dtype."""
     momentums = [optimizer._momentums[optimizer._get_variable_index(v)] for v in variables]
     grads = [ops.convert_to_tensor(g) for g in grads]
+    if not torch.compiler.is_compiling():  # a kernel call cannot be traced; foreach is the plan there
+        rest = _fused_update(optimizer, grads, variables, momentums, learning_rate)
+        if not rest:
+            return
+        variables, grads, momentums = ([x[i] for i in rest] for x in (variables, grads, momentums))
+    groups: dict[str, list[int]] = defaultdict(list)
     for i, (variable, grad, momentum) in enumerate(zip(variables, grads, momentums)):
         groups[lion_core.compute_dtype(_dtype(variable), _dtype(grad), _dtype(momentum))].append(i)
     lr_tensor = ops.convert_to_tensor(learning_rate)

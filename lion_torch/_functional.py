@@ -6,8 +6,9 @@ signature and compute ``lion_core``'s rule:
 * ``_single_tensor_lion``: one tensor at a time through ``lion_core.lion_step(..., xp=torch)``;
   always available, and bit-identical to ``lion_core.reference`` in float64.
 * ``_foreach_lion``: ``torch._foreach_*`` ops over tensors grouped by device and dtype.
-* ``_fused_lion``: one kernel call per device (``kernels.cpu_lion``, ``kernels.triton_lion``), with
-  anything a kernel cannot take sent to ``_foreach_lion``.
+* ``_fused_lion``: one kernel call per device (``lion_kernels.cpu_lion``, ``lion_kernels.triton_lion``,
+  which share one contract); DTensors through their local shards; what a kernel hands back goes to
+  ``_single_tensor_lion``, other tensor subclasses to ``_foreach_lion``, each detour with a warning.
 
 The caller (``lion_torch.Lion.step``) passes the tensors of one parameter group whose gradient is
 not ``None``; complex tensors are updated as pairs of reals through ``torch.view_as_real``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Union
@@ -302,7 +304,7 @@ def _foreach_lion(
 
 
 def kernel_module(device_type: str) -> ModuleType:
-    """Imports the fused kernel module for ``device_type``.
+    """Imports the fused kernel module for ``device_type`` (``lion_kernels`` imports no compiler).
 
     Raises:
       ValueError: no fused kernel exists for that device type.
@@ -319,12 +321,132 @@ def kernel_module(device_type: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def kernel_available(device_type: str) -> bool:
-    """Whether the fused kernel for ``device_type`` exists and can run here; never raises."""
+def unavailable_reason(device_type: str) -> str | None:
+    """Why the fused kernel for ``device_type`` cannot run here, or ``None`` when it can.
+
+    Pure: it imports the kernel module (which compiles and loads nothing) and asks the kernel's own
+    ``unavailable_reason``. Never raises.
+    """
+    name = KERNEL_MODULES.get(device_type)
+    if name is None:
+        return f"no fused kernel exists for {device_type!r} tensors"
     try:
-        return bool(kernel_module(device_type).available())
-    except (ImportError, ValueError):
-        return False
+        module = importlib.import_module(name)
+    except ImportError as error:
+        return f"{name} cannot be imported ({error})"
+    return module.unavailable_reason()
+
+
+def kernel_available(device_type: str) -> bool:
+    """Whether the fused kernel for ``device_type`` exists and can run here; pure, never raises."""
+    return unavailable_reason(device_type) is None
+
+
+def require_kernel(device_type: str) -> ModuleType:
+    """The kernel module for ``device_type``, for ``fused=True``.
+
+    Raises:
+      ValueError: no fused kernel exists for that device type.
+      ImportError: the kernel cannot run here; the text names the cause and the remedy.
+    """
+    kernel = kernel_module(device_type)
+    reason = kernel.unavailable_reason()
+    if reason is not None:
+        raise lion_core.kernel_unavailable(f"The fused {device_type} kernel ({kernel.__name__})", reason)
+    return kernel
+
+
+_PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
+# C-level getters: with hundreds of tensors per step, a Python lambda or ``p.device.type`` per tensor
+# costs as much as the kernel's pass over a small model's memory.
+_DEVICE = operator.attrgetter("device")
+_DTYPE = operator.attrgetter("dtype")
+#: Batches of one ``_fused_lion`` call: (device, cautious count reduction) -> (indices into the
+#: caller's lists, then the params, grads and momenta the kernel receives: plain tensors or local shards).
+_Batches = dict[tuple[torch.device, object], tuple[Sequence[int], list[Tensor], list[Tensor], list[Tensor]]]
+
+
+def _dtensor_type() -> type | None:
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def _shard_dims(param: Tensor, grad: Tensor, exp_avg: Tensor, dtensor: type | None) -> tuple[int, ...] | None:
+    """The mesh dimensions ``param`` is sharded over when the triple's local shards can be updated
+    alone: three DTensors on one mesh with one placement and nothing partial. ``None`` otherwise."""
+    if dtensor is None or not all(isinstance(t, dtensor) for t in (param, grad, exp_avg)):
+        return None
+    mesh, placements = param.device_mesh, param.placements  # type: ignore[attr-defined]
+    for other in (grad, exp_avg):
+        if other.device_mesh != mesh or other.placements != placements:  # type: ignore[attr-defined]
+            return None
+    if any(placement.is_partial() for placement in placements):
+        return None
+    return tuple(dim for dim, placement in enumerate(placements) if placement.is_shard())
+
+
+def _count_reduction(mesh: object, dims: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    """The ``cautious_reduce`` hook for shards on ``mesh``: sums the (kept, total) counts of all
+    tensors at once over the sharded mesh dimensions (one all-reduce per dimension, per step)."""
+    groups = [mesh.get_group(dim) for dim in dims]  # type: ignore[attr-defined]
+
+    def reduce(counts: Tensor) -> Tensor:
+        for group in groups:
+            torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM, group=group)
+        return counts
+
+    return reduce
+
+
+def _kernel_batches(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], cautious: bool
+) -> tuple[_Batches, list[int]]:
+    """Sorts the triples into kernel batches; returns them and the indices of the triples that
+    no kernel may receive (tensor subclasses other than DTensors it can unwrap)."""
+    types = set(map(type, params))
+    types.update(map(type, grads), map(type, exp_avgs))
+    # torch.is_complex on a Parameter costs ~2 us (__torch_function__); a set of dtypes is C-speed.
+    if types <= _PLAIN_TYPES and not any(dtype.is_complex for dtype in set(map(_DTYPE, params))):
+        # The common case without a per-tensor loop: with hundreds of small tensors, sorting them
+        # one by one costs a good part of the kernel's pass over memory.
+        devices = set(map(_DEVICE, params))
+        if len(devices) == 1:
+            return {(devices.pop(), None): (range(len(params)), params, grads, exp_avgs)}, []
+    dtensor = None if types <= _PLAIN_TYPES else _dtensor_type()
+    batches: _Batches = {}
+    wrapped: list[int] = []
+    reductions: dict[tuple[object, tuple[int, ...]], Callable[[Tensor], Tensor]] = {}
+    for i, triple in enumerate(zip(params, grads, exp_avgs)):
+        reduce: object = None
+        if all(type(t) in _PLAIN_TYPES for t in triple):
+            local = triple
+        else:
+            dims = _shard_dims(*triple, dtensor)
+            if dims is None:
+                wrapped.append(i)
+                continue
+            local = tuple(t.to_local() for t in triple)  # type: ignore[attr-defined]
+            if cautious and dims:
+                key = (triple[0].device_mesh, dims)  # type: ignore[attr-defined]
+                reduce = reductions.get(key)
+                if reduce is None:
+                    reduce = reductions[key] = _count_reduction(*key)
+        indices, *lists = batches.setdefault((local[0].device, reduce), ([], [], [], []))
+        indices.append(i)  # type: ignore[attr-defined]
+        for lst, t in zip(lists, _as_real(local)):
+            lst.append(t)
+    return batches, wrapped
+
+
+def _pick(indices: Sequence[int], *lists: list[Tensor]) -> list[list[Tensor]]:
+    return [[tensors[i] for i in indices] for tensors in lists]
+
+
+def _describe(i: int, param: Tensor) -> str:
+    return f"parameter {i} ({type(param).__name__}, {param.dtype}, shape {tuple(param.shape)})"
 
 
 def _fused_lion(
@@ -342,38 +464,64 @@ def _fused_lion(
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
 ) -> None:
-    """One fused kernel call per device; tensors a kernel does not support go to ``_foreach_lion``."""
+    """One fused kernel call per device (``lion_kernels``' contract); see ``lion``.
+
+    DTensors reach the kernel as their local shards (with ``cautious``, the per-tensor counts are
+    summed over the mesh once per step); other tensor subclasses take ``_foreach_lion``; the triples
+    a kernel hands back (unsupported layouts or dtypes, overlapping memory) take
+    ``_single_tensor_lion``, which is deterministic. Each of these detours warns once per process.
+    """
     if not params:
         return
     hyper = dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
-                 maximize=maximize)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, p in enumerate(params):
-        by_device.setdefault(p.device, []).append(i)
-    for device, indices in by_device.items():
-        kernel = kernel_module(device.type)
-        kernel.require()
+                 maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
+    from lion_kernels import KernelError  # lazily: the kernels are imported on the fused path only
+
+    batches, wrapped = _kernel_batches(params, grads, exp_avgs, cautious)
+    if wrapped:
+        first = wrapped[0]
+        lion_core.warn_fallback(
+            f"The fused kernel for parameters of type {type(params[first]).__name__}",
+            f"{_describe(first, params[first])} is a tensor subclass whose memory a kernel must not "
+            f"receive ({len(wrapped)} of {len(params)} tensors)",
+            "the foreach path for them",
+        )
+        _foreach_lion(*_pick(wrapped, params, grads, exp_avgs), lr=lr, **hyper)
+    for (device, reduce), (indices, *lists) in batches.items():
+        kernel = require_kernel(device.type)
         device_lr = lr.to(device) if isinstance(lr, Tensor) and lr.device != device else lr
-        scale, inf = _on(grad_scale, device), _on(found_inf, device)
-        if len(by_device) == 1:
-            lists = (params, grads, exp_avgs)
-        else:
-            lists = tuple([tensors[i] for i in indices] for tensors in (params, grads, exp_avgs))
-        # The common case in one bulk check: with hundreds of small tensors, sorting them one by one
-        # below costs more than the kernel's whole pass over memory.
-        if not any(map(torch.is_complex, lists[0])) and kernel.supports_all(*lists):
-            kernel.lion_(*lists, lr=device_lr, grad_scale=scale, found_inf=inf, **hyper)
+        try:
+            untouched = kernel.lion_(
+                *lists,
+                lr=device_lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=weight_decay,
+                max_lr=max_lr,
+                cautious=cautious,
+                maximize=maximize,
+                grad_scale=_on(grad_scale, device),
+                found_inf=_on(found_inf, device),
+                cautious_reduce=reduce,
+            )
+        except KernelError as error:
+            # The contract: nothing was written (a binary that fails to load at its first call, say),
+            # so the whole batch can still take the foreach path; the kernel's unavailable_reason()
+            # reports the cause from now on, and later steps choose foreach before calling it.
+            lion_core.warn_fallback(f"The fused {device.type} kernel ({kernel.__name__})", str(error),
+                                    "the foreach path")
+            _foreach_lion(*_pick(indices, params, grads, exp_avgs), lr=device_lr, **hyper)
             continue
-        supported: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
-        rest: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
-        for i in indices:
-            p, g, m = _as_real((params[i], grads[i], exp_avgs[i]))
-            for lst, t in zip(supported if kernel.supports(p, g, m) else rest, (p, g, m)):
-                lst.append(t)
-        if supported[0]:
-            kernel.lion_(*supported, lr=device_lr, grad_scale=scale, found_inf=inf, **hyper)
-        if rest[0]:
-            _foreach_lion(*rest, lr=device_lr, grad_scale=scale, found_inf=inf, **hyper)
+        if untouched:
+            rest = [indices[j] for j in untouched]
+            lion_core.warn_fallback(
+                f"The fused {device.type} kernel for some parameters",
+                f"it does not support, or cannot update in place, {len(rest)} of {len(params)} tensors "
+                f"(the first: {_describe(rest[0], params[rest[0]])}; see the kernel's `supports` and "
+                "its note on overlapping memory)",
+                "the single-tensor path for them",
+            )
+            _single_tensor_lion(*_pick(rest, params, grads, exp_avgs), lr=device_lr, **hyper)
 
 
 def fused_is_default(device_types: Collection[str], available: Callable[[str], bool]) -> bool:
@@ -382,8 +530,26 @@ def fused_is_default(device_types: Collection[str], available: Callable[[str], b
     return bool(device_types) and all(t in FUSED_BY_DEFAULT and available(t) for t in device_types)
 
 
+def _default_is_fused(device_types: Collection[str]) -> bool:
+    """``fused_is_default`` with the kernels' pure ``unavailable_reason``; warns once per process
+    when a kernel that would be the default cannot run."""
+    if not fused_is_default(device_types, lambda device_type: True):
+        return False  # a device type without a default kernel: foreach is the plan, not a fallback
+    for device_type in sorted(device_types):
+        reason = unavailable_reason(device_type)
+        if reason is not None:
+            lion_core.warn_fallback(
+                f"The fused {device_type} kernel (the default path)", reason, "the foreach path"
+            )
+            return False
+    return True
+
+
 def _choose(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) -> tuple[bool, bool]:
-    """Resolves the tri-state flags: ``None`` means "choose", ``True`` and ``False`` are obeyed."""
+    """Resolves the tri-state flags: ``None`` means "choose", ``True`` and ``False`` are obeyed.
+
+    Pure: it never compiles or loads a kernel (``unavailable_reason`` is cached by each kernel).
+    """
     if foreach and fused:
         raise lion_core.incompatible(
             "`foreach=True` and `fused=True` cannot be combined: pick one implementation. "
@@ -394,7 +560,7 @@ def _choose(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) 
         fused = (
             foreach is None
             and not _compiling()
-            and fused_is_default({p.device.type for p in params}, kernel_available)
+            and _default_is_fused({device.type for device in set(map(_DEVICE, params))})
         )
     return (not fused) if foreach is None else foreach, fused
 
@@ -433,8 +599,14 @@ def lion(
       grads: their gradients (dense).
       exp_avgs: their momenta, updated in place.
       foreach: use the ``torch._foreach_*`` implementation; ``None`` (default) chooses.
-      fused: use a fused kernel (``kernels.cpu_lion`` on CPU, ``kernels.triton_lion`` on CUDA);
-        ``None`` (default) chooses: fused on CUDA when Triton is available, foreach otherwise.
+      fused: use a fused kernel (``lion_kernels.cpu_lion`` on CPU, ``lion_kernels.triton_lion`` on
+        CUDA); ``None`` (default) chooses: fused where the kernel's ``unavailable_reason()`` is
+        ``None`` and the step is not being compiled, foreach otherwise. A kernel that would be the
+        default but cannot run warns once (``lion_core.FallbackWarning``, naming the cause); with
+        ``fused=True`` it raises ``ImportError`` instead. DTensors are updated through their local
+        shards; other tensor subclasses take the foreach path, and tensors a kernel hands back
+        (unsupported dtype or layout, overlapping memory) the single-tensor path, each with a
+        one-time ``FallbackWarning``.
       lr: the learning rate :math:`\eta`, a float or a one-element tensor.
       beta1: the interpolation coefficient of the direction.
       beta2: the decay rate of the momentum.
@@ -447,6 +619,7 @@ def lion(
 
     Raises:
       RuntimeError: ``foreach=True`` together with ``fused=True``.
+      ImportError: ``fused=True`` where the kernel cannot run (the text names the cause).
 
     Example:
       >>> import torch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any, Final, cast
@@ -12,7 +14,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 import lion_core
 
-from ._functional import _choose, _dtype_name, _torch_dtype, kernel_module, lion
+from ._functional import _choose, _dtype_name, _torch_dtype, lion, require_kernel
 
 __all__ = ["Lion"]
 
@@ -32,6 +34,10 @@ _VARIANT_DEFAULTS: Final[Mapping[str, Any]] = {
     "fused": None,
 }
 _STATE_KEYS: Final = ("exp_avg",)
+_GRAD = operator.attrgetter("grad")
+_NOT_NONE = functools.partial(operator.is_not, None)
+_LAYOUT = operator.attrgetter("layout")
+_STRIDED_ONLY: Final = frozenset({torch.strided})
 
 
 def _momentum_dtype_name(value: object) -> object:
@@ -139,12 +145,17 @@ class Lion(Optimizer):
       foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
         wherever the fused kernel is not the default (default: None). ``foreach=False`` alone
         selects the single-tensor path.
-      fused: use a fused kernel, ``kernels.triton_lion`` on CUDA or ``kernels.cpu_lion`` on CPU;
-        None (with ``foreach=None``) chooses: the fused kernel when it can run (Triton installed
-        on CUDA; a C compiler on the CPU) and the step is not being compiled by ``torch.compile``,
-        foreach otherwise (default: None).
-        ``fused=True`` raises at construction when the kernel for the parameters' device cannot
-        run, with the remedy.
+      fused: use a fused kernel, ``lion_kernels.triton_lion`` on CUDA or ``lion_kernels.cpu_lion``
+        on CPU; None (with ``foreach=None``) chooses: the fused kernel when it can run (Triton
+        installed on CUDA; the C extension built at install time on the CPU) and the step is not
+        being compiled by ``torch.compile``, foreach otherwise (default: None). A default kernel
+        that cannot run warns once per process (``lion_core.FallbackWarning``, naming the cause
+        and the path taken); ``fused=True`` raises ``ImportError`` at construction instead, with
+        the cause and the remedy. DTensor parameters (FSDP2's ``fully_shard``) are updated through
+        their local shards; with ``cautious=True`` the kept/total counts of every sharded tensor
+        are summed over the mesh in one all-reduce per step. Other tensor subclasses take the
+        foreach path, and tensors the kernel cannot take (dtype, layout, overlapping memory) the
+        single-tensor path, each with a one-time warning.
 
     Raises:
       ValueError, TypeError: an option is out of range or of the wrong type (text from
@@ -227,7 +238,7 @@ class Lion(Optimizer):
                 devices.add(p.device.type)
             if group["fused"]:
                 for device_type in sorted(devices):
-                    kernel_module(device_type).require()
+                    require_kernel(device_type)
             max_lr = _max_lr(group) if group["decouple_lr"] else None
         except Exception:
             self.param_groups.pop()
@@ -254,23 +265,41 @@ class Lion(Optimizer):
         exp_avgs: list[Tensor],
     ) -> None:
         """Collects the parameters of ``group`` that have a gradient; creates their state."""
-        for j, p in enumerate(group["params"]):
-            if p.grad is None:
+        # Written for hundreds of tensors per step: C-level maps where possible, one dict lookup each.
+        group_params = group["params"]
+        group_grads = list(map(_GRAD, group_params))
+        if not _STRIDED_ONLY.issuperset(map(_LAYOUT, filter(_NOT_NONE, group_grads))):
+            self._refuse_sparse(group)
+        state = self.state
+        if all(map(_NOT_NONE, group_grads)):
+            # Every parameter has a gradient and a state (the common case): whole lists at once.
+            group_exp_avgs = [state[p].get("exp_avg") for p in group_params]
+            if all(map(_NOT_NONE, group_exp_avgs)):
+                params.extend(group_params)
+                grads.extend(group_grads)
+                exp_avgs.extend(group_exp_avgs)
+                return
+        for p, grad in zip(group_params, group_grads):
+            if grad is None:
                 continue
-            if p.grad.layout != torch.strided:
+            param_state = state[p]
+            exp_avg = param_state.get("exp_avg")
+            if exp_avg is None:
+                exp_avg = param_state["exp_avg"] = torch.zeros_like(
+                    p, dtype=_momentum_dtype(p, group), memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(exp_avg)
+
+    def _refuse_sparse(self, group: dict[str, Any]) -> None:
+        for j, p in enumerate(group["params"]):
+            if p.grad is not None and p.grad.layout != torch.strided:
                 raise lion_core.invalid_value(
                     f"param_groups[{self._group_index(group)}]['params'][{j}].grad.layout",
                     "torch.strided (Lion does not support sparse gradients)",
                     p.grad.layout,
                 )
-            state = self.state[p]
-            if len(state) == 0:
-                state["exp_avg"] = torch.zeros_like(
-                    p, dtype=_momentum_dtype(p, group), memory_format=torch.preserve_format
-                )
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

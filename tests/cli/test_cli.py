@@ -285,7 +285,7 @@ def test_the_cli_imports_no_framework_and_no_adapter() -> None:
         import sys
         import lion_cli, lion_cli.command, lion_cli.recipe, lion_cli.demos, lion_cli.benchmarks
         loaded = {"torch", "jax", "keras", "tensorflow", "optax", "triton", "sklearn", "matplotlib",
-                  "lion_torch", "lion_keras", "lion_optax", "kernels"} & set(sys.modules)
+                  "lion_torch", "lion_keras", "lion_optax", "kernels", "lion_kernels"} & set(sys.modules)
         assert not loaded, loaded
     """)
     subprocess.run([sys.executable, "-c", code], check=True, env=_environment(), cwd=ROOT)
@@ -388,8 +388,9 @@ def test_bench_with_a_folder_without_scripts_says_so(
     error = capsys.readouterr().err
     assert error.strip() == (
         f"lion bench: error: --benchmarks '{tmp_path / 'nowhere'}' is not a folder holding any of the "
-        "benchmark scripts (bench_torch_cpu.py, bench_torch_cuda.py, bench_optax.py); leave --benchmarks out to run "
-        "the ones installed with lionkit"
+        "benchmark scripts (bench_torch_cpu.py, bench_torch_cuda.py, bench_optax.py, bench_keras_torch.py, "
+        "bench_distributed.py); "
+        "leave --benchmarks out to run the ones installed with lionkit"
     )
 
 
@@ -436,20 +437,15 @@ def test_parse_markdown_tables_ignores_prose() -> None:
 
 
 def _build_wheel(tmp_path: Path) -> Path:
-    """Builds lionkit's wheel from a copy of what pyproject.toml ships (the checkout stays untouched)."""
+    """Builds lionkit's wheel from a copy of the checkout (the checkout itself stays untouched)."""
     import importlib.util
     import shutil
 
-    import tomllib
-
     source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    for package in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]:
-        relative = package.replace(".", "/")
-        shutil.copytree(ROOT / relative, source / relative, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    # Everything but version control, environments and build outputs: the wheel builds as from a clone.
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "site", "*.egg-info", "__pycache__", ".pytest_cache", "*.so",
+        "lion-demo", "lion-bench"))
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--wheel-dir", str(tmp_path / "dist"),
@@ -507,3 +503,13 @@ def test_demo_docstring_examples_run(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], env=_environment(), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("benchmark", list(_bench.BENCHMARKS.values()), ids=lambda b: b.name)
+def test_the_checkouts_benchmark_entry_points_still_run(benchmark: _bench.Benchmark, tmp_path: Path) -> None:
+    # `python benchmarks/bench_torch_cpu.py` (the docs' command) runs the module of lion_cli.benchmarks.
+    entry_point = ROOT / "benchmarks" / benchmark.script
+    result = subprocess.run([sys.executable, str(entry_point), "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"usage: {benchmark.script} [-h]"), result.stdout

@@ -22,10 +22,12 @@ def _fused_param() -> Any:
     try:
         from lion_kernels import cpu_lion
     except ImportError as error:  # pragma: no cover - lion_kernels ships with lionkit
-        return pytest.param("fused", marks=pytest.mark.skip(reason=f"lion_kernels cannot be imported: {error}"))
+        why = f"lion_kernels cannot be imported: {error}"
+        return pytest.param("fused", marks=pytest.mark.skip(reason=why))
     reason = cpu_lion.unavailable_reason()
     if reason is not None:
-        return pytest.param("fused", marks=pytest.mark.skip(reason=f"lion_kernels.cpu_lion cannot run: {reason}"))
+        why = f"lion_kernels.cpu_lion cannot run: {reason}"
+        return pytest.param("fused", marks=pytest.mark.skip(reason=why))
     return "fused"
 
 

@@ -1,10 +1,10 @@
-"""A small model actually trains with lion_torch.Lion, and the demo (the README's main job) runs."""
+"""A small model trains with lion_torch.Lion, and its demo (lion_cli.demos.torch) runs."""
 
 from __future__ import annotations
 
 import re
 
-from lion_torch import demo
+from lion_cli.demos import torch as demo
 
 
 def test_mlp_on_digits_trains():

@@ -2,7 +2,10 @@
 
 ``lion_core`` imports no deep-learning framework. The adapters ``lion_torch``, ``lion_keras`` and
 ``lion_optax`` build their optimizers on it, and every test checks them against
-``lion_core.reference``, a float64 NumPy implementation of the same rule.
+``lion_core.reference``, a float64 NumPy implementation of the same rule. A parameter's state
+(its momentum's storage format, 8-bit blockwise included, and the parameter's rounding) is
+declared here too (``state_spec``), with the counter-based hash that makes stochastic rounding
+reproducible on every framework.
 
 References:
   Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
@@ -11,6 +14,29 @@ References:
 
 from . import _defaults as defaults
 from ._dtypes import LOW_PRECISION, compute_dtype, momentum_dtype
+from ._formats import (
+    INT8,
+    MOMENTUM_FORMATS,
+    MOMENTUM_STREAM,
+    PARAM_STREAM,
+    ROUNDINGS,
+    BlockwiseInt8,
+    FloatFormat,
+    Slot,
+    StateSpec,
+    check_momentum_format,
+    check_rounding,
+    check_seed,
+    counter_hash,
+    derive_seed,
+    mismatched_state,
+    momentum_format,
+    resolve_seed,
+    state_spec,
+    stochastic_round_bfloat16,
+    stochastic_round_bfloat16_bits,
+    uniform_from_bits,
+)
 from ._fallback import FallbackWarning, kernel_unavailable, warn_fallback
 from ._transfer import STABLE_BETAS, LionSettings, from_adamw
 from ._rule import (
@@ -45,12 +71,21 @@ from ._validation import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "INT8",
     "LOW_PRECISION",
     "MOMENTUM_DTYPES",
+    "MOMENTUM_FORMATS",
+    "MOMENTUM_STREAM",
+    "PARAM_STREAM",
+    "ROUNDINGS",
     "STABLE_BETAS",
     "ArrayNamespace",
+    "BlockwiseInt8",
     "FallbackWarning",
+    "FloatFormat",
     "LionSettings",
+    "Slot",
+    "StateSpec",
     "cautious_mask",
     "check_beta",
     "check_betas",
@@ -59,12 +94,17 @@ __all__ = [
     "check_learning_rate",
     "check_max_lr",
     "check_momentum_dtype",
+    "check_momentum_format",
     "check_optional_bool",
+    "check_rounding",
+    "check_seed",
     "check_weight_decay",
     "compute_dtype",
     "concrete_scalar",
+    "counter_hash",
     "decay_factor",
     "defaults",
+    "derive_seed",
     "from_adamw",
     "incompatible",
     "interpolate",
@@ -73,10 +113,17 @@ __all__ = [
     "kernel_unavailable",
     "lion_direction",
     "lion_step",
+    "mismatched_state",
     "missing_dependency",
     "momentum_dtype",
+    "momentum_format",
     "next_momentum",
     "resolve_max_lr",
+    "resolve_seed",
     "sign_with_nan",
+    "state_spec",
+    "stochastic_round_bfloat16",
+    "stochastic_round_bfloat16_bits",
+    "uniform_from_bits",
     "warn_fallback",
 ]

@@ -6,6 +6,10 @@ is correct when it reproduces these numbers: exactly in float64, and within a st
 precision. Running the reference in float32 (``dtype=numpy.float32``) gives the same operation order
 in single precision, which fused fp32 kernels match bit for bit.
 
+State formats (``lion_core.state_spec``: an 8-bit momentum, stochastically rounded bfloat16
+parameters) are modelled by ``reference_lion_stored``: each step computed in float32 and stored by
+``store_param`` and ``store_momentum``, with the random bits of ``lion_core.counter_hash``.
+
 Example:
   >>> import numpy as np
   >>> from lion_core.reference import reference_lion
@@ -22,6 +26,16 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from ._formats import (
+    MOMENTUM_STREAM,
+    PARAM_STREAM,
+    FloatFormat,
+    Format,
+    StateSpec,
+    counter_hash,
+    derive_seed,
+    stochastic_round_bfloat16,
+)
 from ._rule import lion_step
 from ._rule import decay_factor, interpolate, next_momentum  # distributed Lion's vote
 from ._validation import check_beta, check_decoupling, check_learning_rate, check_weight_decay
@@ -256,3 +270,139 @@ def reference_distributed_lion(
             current[i] = current[i] * decay - lr_t * update
         steps_taken += 1
     return DistributedReferenceResult(current, moments or [])
+
+
+# --- storage formats and rounding ----------------------------------------------------------------
+
+
+def round_bfloat16_nearest(x: npt.ArrayLike) -> np.ndarray:
+    """float32 values rounded to bfloat16 (to nearest, ties to even), as float32; NaN stays NaN."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    out = np.where(is_nan, (bits.astype(np.uint32) | 0x00400000) & 0xFFFF0000, rounded).astype(np.uint32)
+    return out.view(np.float32).reshape(np.shape(x))
+
+
+def store_param(
+    x: npt.ArrayLike, dtype: str, *, rounding: str = "nearest", seed: int = 0, step: int = 0, tensor: int = 0
+) -> np.ndarray:
+    """A computed parameter as stored in ``dtype``, returned as float64 values.
+
+    ``rounding="stochastic"`` (bfloat16 only) rounds the float32 value with
+    ``lion_core.stochastic_round_bfloat16`` and the bits ``counter_hash(derive_seed(seed,
+    PARAM_STREAM, tensor), step, flat index)``; values of higher precision are first rounded to
+    float32, as every path computes in float32.
+    """
+    x = np.asarray(x)
+    if dtype == "float64":
+        return x.astype(np.float64)
+    if rounding == "stochastic":
+        if dtype != "bfloat16":
+            raise ValueError(f"stochastic rounding stores bfloat16 parameters, not {dtype}")
+        key = derive_seed(seed, PARAM_STREAM, tensor)
+        bits = counter_hash(key, step, np.arange(x.size, dtype=np.uint32))
+        return stochastic_round_bfloat16(x.astype(np.float32), bits.reshape(x.shape)).astype(np.float64)
+    if dtype == "bfloat16":
+        return round_bfloat16_nearest(x.astype(np.float32)).astype(np.float64)
+    return x.astype(dtype).astype(np.float64)
+
+
+class Int8State(NamedTuple):
+    """An 8-bit blockwise momentum as the reference keeps it: codes shaped like the parameter, scales."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+
+
+def store_momentum(
+    m: npt.ArrayLike, fmt: Format, *, seed: int = 0, step: int = 0, tensor: int = 0
+) -> tuple[Any, np.ndarray]:
+    """A computed momentum stored in ``fmt``; returns ``(stored, decoded)``, ``decoded`` in float64.
+
+    Floating formats round to nearest (``stored`` is the float64 value). ``BlockwiseInt8`` encodes
+    in ``m``'s dtype (float32 on every path) with the bits ``counter_hash(derive_seed(seed,
+    MOMENTUM_STREAM, tensor), step, flat index)``, giving an ``Int8State``; ``decoded`` is its
+    float32 decoding, the value the next step computes with.
+    """
+    m = np.asarray(m)
+    if isinstance(fmt, FloatFormat):
+        value = store_param(m, fmt.dtype)
+        return value, value
+    key = derive_seed(seed, MOMENTUM_STREAM, tensor)
+    bits = counter_hash(key, step, np.arange(m.size, dtype=np.uint32)).reshape(m.shape)
+    codes, scales = fmt.encode(m, bits, xp=np)
+    return Int8State(codes, scales), load_momentum(Int8State(codes, scales), fmt)
+
+
+def load_momentum(stored: Any, fmt: Format) -> np.ndarray:
+    """The momentum value a step starts from, in float64 (an ``Int8State`` decoded in float32)."""
+    if isinstance(fmt, FloatFormat):
+        return np.asarray(stored, np.float64)
+    with np.errstate(invalid="ignore"):
+        return fmt.decode(stored.codes, stored.scales, xp=np).astype(np.float64)
+
+
+class StoredResult(NamedTuple):
+    """Parameters (float64 values of the stored dtype), decoded momenta and the momenta as stored."""
+
+    params: list[np.ndarray]
+    momentum: list[np.ndarray]
+    stored: list[Any]
+
+
+def reference_lion_stored(
+    params: Sequence[npt.ArrayLike],
+    grads: Iterable[Sequence[npt.ArrayLike | None]],
+    *,
+    spec: StateSpec | Sequence[StateSpec],
+    param_dtype: str,
+    seed: int = 0,
+    lr: PerStep,
+    beta1: PerStep = 0.9,
+    beta2: PerStep = 0.99,
+    weight_decay: PerStep = 0.0,
+    max_lr: float | None = None,
+    cautious: bool = False,
+    maximize: bool = False,
+    compute: npt.DTypeLike = np.float32,
+) -> StoredResult:
+    """Runs Lion with the state formats of ``spec``: each step computed in ``compute`` and stored.
+
+    Every step loads each momentum (``load_momentum``), runs ``reference_step`` in ``compute``,
+    stores the parameter with ``spec.param_rounding`` and the momentum in ``spec.momentum``
+    (``store_param``, ``store_momentum``); the random bits use ``seed``, the step's 0-based index
+    and the tensor's position in ``params``. A ``None`` gradient leaves the tensor and its state alone.
+
+    Returns:
+      A ``StoredResult``: float64 parameters, decoded momenta, and the stored momenta.
+    """
+    specs = [spec] * len(params) if isinstance(spec, StateSpec) else list(spec)
+    current = [store_param(np.asarray(p, np.float64), param_dtype) for p in params]
+    stored: list[Any] = []
+    moments: list[np.ndarray] = []
+    for p, s in zip(current, specs):
+        value, decoded = store_momentum(np.zeros(np.shape(p), compute), s.momentum, seed=seed)
+        stored.append(value)
+        moments.append(decoded)
+    for step, step_grads in enumerate(grads):
+        hyper: dict[str, Any] = {
+            "lr": check_learning_rate(_value_at(lr, step)),
+            "beta1": check_beta(_value_at(beta1, step), "beta1"),
+            "beta2": check_beta(_value_at(beta2, step), "beta2"),
+            "weight_decay": check_weight_decay(_value_at(weight_decay, step)),
+        }
+        for i, grad in enumerate(step_grads):
+            if grad is None:
+                continue
+            new_p, new_m = reference_step(
+                current[i], grad, moments[i], max_lr=max_lr, cautious=cautious, maximize=maximize,
+                dtype=compute, **hyper,
+            )
+            current[i] = store_param(
+                new_p, param_dtype, rounding=specs[i].param_rounding, seed=seed, step=step, tensor=i
+            )
+            stored[i], moments[i] = store_momentum(
+                new_m.astype(compute), specs[i].momentum, seed=seed, step=step, tensor=i
+            )
+    return StoredResult(current, moments, stored)

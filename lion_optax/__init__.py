@@ -27,6 +27,6 @@ References:
   Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
 """
 
-from ._transform import ScaleByLionState, lion, scale_by_lion
+from ._transform import ScaleByLionInt8State, ScaleByLionState, apply_updates_stochastic, lion, scale_by_lion
 
-__all__ = ["ScaleByLionState", "lion", "scale_by_lion"]
+__all__ = ["ScaleByLionInt8State", "ScaleByLionState", "apply_updates_stochastic", "lion", "scale_by_lion"]

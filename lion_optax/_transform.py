@@ -10,29 +10,148 @@ numbers, bit for bit, for float32 parameters and gradients.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax import ScaleByLionState  # optax's own class: states move between the two libraries
 
 import lion_core
 
-__all__ = ["ScaleByLionState", "lion", "scale_by_lion"]
+__all__ = ["ScaleByLionInt8State", "ScaleByLionState", "apply_updates_stochastic", "lion", "scale_by_lion"]
 
 MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 
+class ScaleByLionInt8State(NamedTuple):
+    """State of ``scale_by_lion(mu_dtype="int8")``: the momentum as 8-bit blockwise codes and scales.
+
+    Attributes:
+      count: the number of updates so far (int32), the step counter of the rounding's hash.
+      mu_codes: int8 codes shaped like each parameter.
+      mu_scales: one float32 scale per block of ``lion_core.INT8.block_size`` flattened elements.
+      seed: the uint32 seed of the codes' stochastic rounding (``lion_core.counter_hash``).
+    """
+
+    count: jax.Array
+    mu_codes: optax.Updates
+    mu_scales: optax.Updates
+    seed: jax.Array
+
+
 def _requested_momentum_dtype(mu_dtype: Any) -> Optional[str]:
-    """Returns ``mu_dtype``'s NumPy-style name after ``lion_core``'s check; ``None`` stays ``None``."""
+    """Returns ``mu_dtype``'s NumPy-style name (or ``"int8"``) after ``lion_core``'s check."""
     if mu_dtype is None:
         return None
+    if isinstance(mu_dtype, str) and mu_dtype == "int8":
+        return "int8"
     try:
         name = jnp.dtype(mu_dtype).name
     except TypeError:
         name = mu_dtype  # not a dtype at all: lion_core rejects it, quoting what the user passed
-    return lion_core.check_momentum_dtype(name, "mu_dtype")
+    if name == "int8":  # jnp.int8 as a dtype object means the 8-bit format too
+        return "int8"
+    return lion_core.check_momentum_format(name, "mu_dtype")
+
+
+def _checked_seed(seed: Any) -> Any:
+    """A Python or NumPy integer is checked; an array (as ``inject_hyperparams`` passes) passes through."""
+    if isinstance(seed, (jax.Array, np.ndarray)) and jnp.issubdtype(seed.dtype, jnp.integer) and seed.shape == ():
+        return seed
+    return lion_core.check_seed(seed)
+
+
+def _flat_index(x: jax.Array) -> jax.Array:
+    """Each element's position in the flattened array, as the hash's uint32 counter."""
+    return jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+
+
+def _int8_lion_leaf(
+    grad: jax.Array,
+    codes: jax.Array,
+    scales: jax.Array,
+    *,
+    key: jax.Array,
+    count: jax.Array,
+    b1: Any,
+    b2: Any,
+    cautious: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Direction, codes and scales for one real array with an 8-bit momentum (float32 arithmetic)."""
+    fmt = lion_core.INT8
+    mu = fmt.decode(codes, scales, xp=jnp)
+    g = jnp.asarray(grad, jnp.float32)
+    # The reference rounds each product: XLA would contract the first into an FMA, so each product
+    # passes through an integer xor with a zero it cannot see (count is never negative). This keeps
+    # the momentum, and so the codes and scales, bit-identical to lion_core.reference.
+    zero = jnp.minimum(count, 0).astype(jnp.uint32)
+
+    def rounded(x: jax.Array) -> jax.Array:
+        return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x, jnp.uint32) ^ zero, jnp.float32)
+
+    direction = lion_core.sign_with_nan(rounded(b1 * mu) + rounded((1 - b1) * g), xp=jnp)
+    if cautious:
+        direction = lion_core.cautious_mask(direction, g, xp=jnp)
+    new_mu = (rounded(b2 * mu) + rounded((1 - b2) * g)).astype(jnp.float32)
+    bits = lion_core.counter_hash(key, count.astype(jnp.uint32), _flat_index(new_mu))
+    new_codes, new_scales = fmt.encode(new_mu, bits, xp=jnp)
+    return direction.astype(jnp.result_type(grad, jnp.float32, b1)), new_codes, new_scales
+
+
+def _scale_by_lion_int8(b1: Any, b2: Any, cautious: bool, seed: int) -> optax.GradientTransformation:
+    """``scale_by_lion(mu_dtype="int8")``: see there."""
+    fmt = lion_core.INT8
+
+    def init_fn(params: optax.Params) -> ScaleByLionInt8State:
+        def check(p: Any) -> None:
+            lion_core.momentum_format(jnp.result_type(p).name, "int8", name="mu_dtype")
+
+        jax.tree.map(check, params)
+        # zeros_like keeps each parameter's sharding for its codes; scales are per block, unsharded
+        codes = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=jnp.int8), params)
+        scales = jax.tree.map(lambda p: jnp.zeros((fmt.blocks(jnp.size(p)),), jnp.float32), params)
+        return ScaleByLionInt8State(
+            count=jnp.zeros([], jnp.int32), mu_codes=codes, mu_scales=scales, seed=jnp.asarray(seed, jnp.uint32)
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: ScaleByLionInt8State, params: Optional[optax.Params] = None
+    ) -> tuple[optax.Updates, ScaleByLionInt8State]:
+        del params
+        if not isinstance(state, ScaleByLionInt8State):
+            raise lion_core.mismatched_state(
+                "state", "a ScaleByLionInt8State (mu_dtype='int8')", f"a {type(state).__name__}"
+            )
+        grads, treedef = jax.tree.flatten(updates)
+        codes = treedef.flatten_up_to(state.mu_codes)
+        scales = treedef.flatten_up_to(state.mu_scales)
+        for c, s, g in zip(codes, scales, grads):
+            wrong_codes = c.dtype != jnp.int8 or c.shape != jnp.shape(g)
+            if wrong_codes or s.dtype != jnp.float32 or s.shape != (fmt.blocks(jnp.size(g)),):
+                raise lion_core.mismatched_state(
+                    "state",
+                    f"int8 codes and {fmt.blocks(jnp.size(g))} float32 scales for a parameter of shape "
+                    f"{jnp.shape(g)}",
+                    f"{c.dtype} codes of shape {c.shape} and {s.dtype} scales of shape {s.shape}",
+                )
+        out = [
+            _int8_lion_leaf(
+                g, c, s, key=lion_core.derive_seed(state.seed, lion_core.MOMENTUM_STREAM, k),
+                count=state.count, b1=b1, b2=b2, cautious=cautious,
+            )
+            for k, (g, c, s) in enumerate(zip(grads, codes, scales))
+        ]
+        new_state = ScaleByLionInt8State(
+            count=optax.safe_increment(state.count),
+            mu_codes=treedef.unflatten([c for _, c, _ in out]),
+            mu_scales=treedef.unflatten([s for _, _, s in out]),
+            seed=state.seed,
+        )
+        return treedef.unflatten([d for d, _, _ in out]), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _real_pairs(x: jax.Array, dtype: Any) -> jax.Array:
@@ -104,9 +223,10 @@ def _lion_leaf(
 def scale_by_lion(
     b1: jax.typing.ArrayLike = lion_core.defaults.OPTAX.beta1,
     b2: jax.typing.ArrayLike = lion_core.defaults.OPTAX.beta2,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+    mu_dtype: Optional[Union[jax.typing.DTypeLike, str]] = None,
     *,
     cautious: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""Rescales updates to Lion's sign direction.
 
@@ -136,18 +256,27 @@ def scale_by_lion(
         dtype, as ``optax.scale_by_lion`` does (``lion_core.momentum_dtype``); ``jnp.float32`` for
         bfloat16 or float16 parameters keeps the momentum's small increments at two more bytes per
         element, and then the updates come back in float32, as optax's do. The momentum keeps its
-        dtype from ``init`` on, whatever the gradients' dtype.
+        dtype from ``init`` on, whatever the gradients' dtype. ``"int8"`` stores it in 8 bits
+        (``lion_core.INT8``: int8 codes and one float32 scale per block of 256 flattened elements,
+        1.016 bytes per element, codes rounded stochastically with ``lion_core.counter_hash``); the
+        state is then a ``ScaleByLionInt8State`` and the updates come back in float32 (at least).
       cautious: zero the entries whose sign disagrees with the gradient and rescale the rest of each
         array by :math:`n / n_\text{kept}` (Liang et al. 2024). The rescaling is a mean over the
         whole array: across devices, a collective.
+      seed: the seed of the 8-bit codes' stochastic rounding, an integer in [0, 2**32), kept in the
+        state (default 0: JAX's randomness is explicit, and a fixed default keeps a run a function
+        of its inputs). Only used with ``mu_dtype="int8"``.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is ``optax.ScaleByLionState(count, mu)``, the
-      same class ``optax.scale_by_lion`` uses, so states move between the two.
+      same class ``optax.scale_by_lion`` uses, so states move between the two; with
+      ``mu_dtype="int8"``, a ``ScaleByLionInt8State(count, mu_codes, mu_scales, seed)``.
 
     Raises:
-      ValueError: ``b1`` or ``b2`` is a number outside [0, 1), or ``mu_dtype`` is not a floating dtype.
-      TypeError: ``cautious`` is not a bool, or a hyperparameter has an unusable type.
+      ValueError: ``b1`` or ``b2`` is a number outside [0, 1), ``mu_dtype`` is neither a floating
+        dtype nor ``"int8"``, or ``seed`` is outside [0, 2**32).
+      TypeError: ``cautious`` is not a bool, ``seed`` not an integer, or a hyperparameter has an
+        unusable type.
       RuntimeError: at ``init``, a ``mu_dtype`` was given and a parameter is complex (its momentum
         keeps the parameter's dtype).
 
@@ -167,6 +296,9 @@ def scale_by_lion(
     lion_core.check_beta(b2, "b2")
     requested = _requested_momentum_dtype(mu_dtype)
     lion_core.check_bool(cautious, "cautious")
+    seed = _checked_seed(seed)
+    if requested == "int8":
+        return _scale_by_lion_int8(b1, b2, cautious, seed)
 
     def momentum_dtype(param: Any) -> Any:
         name = lion_core.momentum_dtype(jnp.result_type(param).name, requested)
@@ -180,6 +312,10 @@ def scale_by_lion(
         updates: optax.Updates, state: ScaleByLionState, params: Optional[optax.Params] = None
     ) -> tuple[optax.Updates, ScaleByLionState]:
         del params
+        if isinstance(state, ScaleByLionInt8State):
+            raise lion_core.mismatched_state(
+                "state", "an optax.ScaleByLionState (a floating mu_dtype)", "a ScaleByLionInt8State (int8)"
+            )
         grads, treedef = jax.tree.flatten(updates)
         pairs = [
             _lion_leaf(g, m, b1=b1, b2=b2, cautious=cautious)
@@ -203,13 +339,14 @@ def lion(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = lion_core.defaults.OPTAX.beta1,
     b2: jax.typing.ArrayLike = lion_core.defaults.OPTAX.beta2,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+    mu_dtype: Optional[Union[jax.typing.DTypeLike, str]] = None,
     weight_decay: optax.ScalarOrSchedule = lion_core.defaults.OPTAX.weight_decay,
     mask: MaskOrFn = None,
     *,
     cautious: bool = False,
     decouple_lr: bool = False,
     max_lr: Optional[jax.typing.ArrayLike] = None,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The Lion optimizer, a drop-in replacement for ``optax.lion``.
 
@@ -239,7 +376,8 @@ def lion(
       b1: the interpolation coefficient of the direction, :math:`\beta_1` (default 0.9).
       b2: the decay rate of the momentum, :math:`\beta_2` (default 0.99).
       mu_dtype: the momentum's dtype; ``None`` (the default) keeps each parameter's dtype, as
-        ``optax.lion`` does. See ``scale_by_lion``.
+        ``optax.lion`` does; ``"int8"`` stores it in 8 bits (1.016 bytes per parameter). See
+        ``scale_by_lion``.
       weight_decay: the decoupled weight decay :math:`\lambda`, a number or a schedule (default 1e-3).
       mask: which parameters to decay: a pytree of bools shaped like (a prefix of) the parameters, or
         a function of the parameters returning one, as for ``optax.add_decayed_weights``. ``None``
@@ -251,10 +389,12 @@ def lion(
       max_lr: :math:`\eta_\text{max}`, only with ``decouple_lr=True``. It defaults to
         ``learning_rate`` when that is a number; with a schedule or an array (as
         ``optax.inject_hyperparams`` passes) it is required, since its peak cannot be read from it.
+      seed: the seed of the 8-bit momentum's stochastic rounding (default 0). See ``scale_by_lion``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its state is a tuple whose first element is
-      ``optax.ScaleByLionState(count, mu)``, as for ``optax.lion``.
+      ``optax.ScaleByLionState(count, mu)``, as for ``optax.lion`` (``ScaleByLionInt8State`` with
+      ``mu_dtype="int8"``).
 
     Raises:
       ValueError: a number out of range: ``learning_rate`` or ``weight_decay`` negative or not
@@ -279,7 +419,7 @@ def lion(
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
     lion_core.check_learning_rate(learning_rate, "learning_rate")
-    direction = scale_by_lion(b1, b2, mu_dtype, cautious=cautious)
+    direction = scale_by_lion(b1, b2, mu_dtype, cautious=cautious, seed=seed)
     lion_core.check_weight_decay(weight_decay, "weight_decay")
     lion_core.check_decoupling(decouple_lr, max_lr, name="max_lr")
     decay = weight_decay
@@ -293,3 +433,60 @@ def lion(
         decayed_weights if mask is None else optax.masked(decayed_weights, mask),
         _per_component(optax.scale_by_learning_rate(learning_rate)),
     )
+
+
+def apply_updates_stochastic(
+    params: optax.Params, updates: optax.Updates, *, seed: jax.typing.ArrayLike, step: jax.typing.ArrayLike
+) -> optax.Params:
+    r"""``optax.apply_updates`` with stochastic rounding for bfloat16 parameters.
+
+    Each bfloat16 leaf :math:`p` becomes :math:`\operatorname{SR}(p + u)`: the sum computed in
+    float32 and rounded to bfloat16 up or down with probability given by its distance to each
+    (``lion_core.stochastic_round_bfloat16_bits``), so an update smaller than half a bfloat16 ulp
+    moves the parameter in expectation instead of rounding away: with learning rate 1e-4 and
+    weights near 1 (ulp 2**-7), ``optax.apply_updates`` leaves bfloat16 parameters where they
+    started. The random bits are ``lion_core.counter_hash(derive_seed(seed, PARAM_STREAM, k), step,
+    i)`` for element ``i`` of leaf ``k`` (in ``jax.tree`` order), the same bits lion_torch and
+    lion_keras draw, so a run is reproducible and resumes exactly given the same ``seed`` and
+    ``step``. Other leaves are added as ``optax.apply_updates`` adds them. Works under ``jax.jit``;
+    ``seed`` and ``step`` may be traced.
+
+    Args:
+      params: the parameters (a pytree).
+      updates: the updates, shaped like ``params`` (e.g. from ``lion_optax.lion``).
+      seed: an integer in [0, 2**32) (a Python int or a uint32 scalar): pick it once per run.
+      step: a counter that differs at every step, e.g. the number of updates applied so far
+        (``optax.tree_utils.tree_get(opt_state, "count")`` before the update).
+
+    Returns:
+      The new parameters, each leaf in its own dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import lion_optax
+      >>> p = {"w": jnp.ones(4096, jnp.bfloat16)}
+      >>> u = {"w": jnp.full(4096, -1e-4, jnp.float32)}
+      >>> new = lion_optax.apply_updates_stochastic(p, u, seed=0, step=0)
+      >>> float(jnp.mean(new["w"].astype(jnp.float32))) < 1.0  # some elements moved down one ulp
+      True
+    """
+    seed = jnp.asarray(_checked_seed(seed), jnp.uint32)
+    step = jnp.asarray(step).astype(jnp.uint32)
+    leaves, treedef = jax.tree.flatten(params)
+    flat_updates = treedef.flatten_up_to(updates)
+
+    def apply(k: int, p: jax.Array, u: Any) -> jax.Array:
+        if u is None:
+            return p
+        if jnp.result_type(p) != jnp.bfloat16:
+            return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+        total = p.astype(jnp.float32) + jnp.asarray(u).astype(jnp.float32)
+        key = lion_core.derive_seed(seed, lion_core.PARAM_STREAM, k)
+        bits = lion_core.stochastic_round_bfloat16_bits(
+            jax.lax.bitcast_convert_type(total, jnp.uint32),
+            lion_core.counter_hash(key, step, _flat_index(total)),
+            xp=jnp,
+        )
+        return jax.lax.bitcast_convert_type((bits >> 16).astype(jnp.uint16), jnp.bfloat16)
+
+    return treedef.unflatten([apply(k, p, u) for k, (p, u) in enumerate(zip(leaves, flat_updates))])

@@ -49,14 +49,24 @@ arguments, and the host's results back into NumPy)::
 * ``cases.select(table, unsupported={"maximize": "why"})`` leaves out the rows a host cannot express
   (and says why in the test file); every other row runs.
 
-A new variant (8-bit momentum, stochastic rounding, distributed) is one row: ``momentum_dtype`` is a
-free name ("int8_blockwise" once lion_core declares that format), ``rounding="stochastic"`` and
-``world_size=2`` are fields already here, and a path that cannot run a row says so through
-``select(unsupported=...)`` (the row's :attr:`Case.features` names what it needs). The reference
-runner refuses what it cannot model yet (a storage format not in :data:`HALF_ULP`, stochastic
-rounding): that variant's row comes with its rounding in :func:`round_to`, from lion_core's
-declaration. A ``world_size > 1`` row has the one-process reference: every rank must end where one
-process ends on the same (already averaged) gradients; its translator shards the problem.
+A new variant is one row. State formats are lion_core's declarations (``lion_core.state_spec``):
+:data:`FORMAT_CASES` holds the rows with ``momentum_dtype="int8"`` (8-bit blockwise momentum,
+``lion_core.INT8``) and ``rounding="stochastic"`` (bfloat16 parameters stored by deterministic
+stochastic rounding, with the row's ``seed``). For them :func:`reference` runs
+``lion_core.reference.reference_lion_stored``: each step computed in float32, the parameter stored
+with the row's rounding (``store_param``) and the momentum in its format (``store_momentum``), the
+random bits from ``counter_hash(derive_seed(seed, stream, tensor), step, flat index)`` with the
+0-based step and the parameter's position in ``problem.init``; its result also carries the stored
+momenta (``Int8State(codes, scales)``), which a path must reproduce bit for bit (codes and scales
+follow only from the float32 momentum, so every path that rounds each product of the momentum's
+update agrees exactly), while parameters keep their dtype's budgets (a path whose float32 parameter
+differs by one rounding may round stochastically to the other neighbour: one bfloat16 ulp, on a
+few elements, :data:`STOCHASTIC_BUDGET`). :func:`round_to` is the nearest rounding of the float
+dtypes in :data:`HALF_ULP`; a storage format that lion_core does not declare is refused. A path that
+cannot run a row says so through ``select(unsupported={"dtype=int8": ..., "rounding=stochastic":
+...})`` (the row's :attr:`Case.features` names what it needs). A ``world_size > 1`` row has the
+one-process reference: every rank must end where one process ends on the same (already averaged)
+gradients; its translator shards the problem.
 
 Failures print the first mismatching indices and values, not just "not close".
 """
@@ -71,8 +81,14 @@ from typing import Any
 
 import numpy as np
 
-from lion_core import compute_dtype
-from lion_core.reference import ReferenceResult, reference_lion, reference_step
+from lion_core import compute_dtype, state_spec
+from lion_core.reference import (
+    ReferenceResult,
+    StoredResult,
+    reference_lion,
+    reference_lion_stored,
+    reference_step,
+)
 
 # --- the table ----------------------------------------------------------------------------------
 
@@ -87,6 +103,8 @@ SCHEDULES: dict[str, tuple[float, ...]] = {
 }
 
 _ROUNDINGS = ("nearest", "stochastic")
+#: Momentum formats beyond the float dtypes, modelled by lion_core's declarations.
+_DECLARED_FORMATS = ("int8",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +122,8 @@ class Case:
       schedule: a name in :data:`SCHEDULES`; the learning rate at step t is
         ``lr * SCHEDULES[name][t % len(SCHEDULES[name])]``.
       param_dtype, grad_dtype: storage dtypes (NumPy names; ``grad_dtype`` None means the parameter's).
-      rounding: how low-precision state is stored ("nearest" today; "stochastic" is the next variant).
+      rounding: how the parameter is stored: "nearest", or "stochastic" (bfloat16 parameters).
+      seed: the seed of stochastic rounding (of the parameter and of an 8-bit momentum's codes).
       world_size: how many ranks share the update (1 today; the distributed variant adds a row with 2).
     """
 
@@ -122,6 +141,7 @@ class Case:
     param_dtype: str = "float64"
     grad_dtype: str | None = None
     rounding: str = "nearest"
+    seed: int = 0
     world_size: int = 1
 
     def __post_init__(self) -> None:
@@ -133,6 +153,11 @@ class Case:
             object.__setattr__(self, "decouple_lr", True)
         if self.decouple_lr and self.schedule is not None and self.max_lr is None:
             raise ValueError(f"case {self.id}: a schedule with decouple_lr needs max_lr")
+
+    @property
+    def stored_formats(self) -> bool:
+        """Whether the row needs lion_core's format declarations (8-bit momentum, stochastic rounding)."""
+        return self.momentum_dtype in _DECLARED_FORMATS or self.rounding != "nearest"
 
     @property
     def gradient_dtype(self) -> str:
@@ -208,6 +233,31 @@ LOW_PRECISION_CASES: tuple[Case, ...] = (
     Case(id="float32", lr=1e-3, weight_decay=0.1, param_dtype="float32", momentum_dtype="float32"),
     Case(id="bfloat16", lr=1e-3, weight_decay=0.1, param_dtype="bfloat16", momentum_dtype="float32"),
 )
+
+
+#: lion_core's state formats: 8-bit blockwise momentum and stochastically rounded bfloat16
+#: parameters, each against ``reference_lion_stored`` (see the module docstring).
+FORMAT_CASES: tuple[Case, ...] = (
+    Case(id="int8_momentum", lr=1e-3, weight_decay=0.1, param_dtype="float32", momentum_dtype="int8", seed=7),
+    Case(
+        id="int8_cautious", lr=1e-3, weight_decay=0.1, cautious=True, param_dtype="float32",
+        momentum_dtype="int8", seed=8,
+    ),
+    Case(
+        id="stochastic_rounding", lr=1e-3, weight_decay=0.1, param_dtype="bfloat16", momentum_dtype="float32",
+        rounding="stochastic", seed=1234,
+    ),
+    Case(
+        id="int8_stochastic_rounding", lr=1e-3, weight_decay=0.1, param_dtype="bfloat16",
+        momentum_dtype="int8", rounding="stochastic", seed=99,
+    ),
+)
+
+#: Stochastically rounded parameters: a path whose float32 result differs from the reference's by
+#: a rounding (optax adds ``-lr * (u + wd * p)`` where the reference computes ``p (1 - lr wd) -
+#: lr u``) rounds to the other bfloat16 neighbour where that rounding crosses the random threshold;
+#: that moves an element by one bfloat16 ulp (rtol 2**-7), on at most 1% of the elements.
+STOCHASTIC_BUDGET = {"rtol": 2.0**-7, "max_fraction": 0.01}
 
 
 def case_id(case: Case) -> str:
@@ -400,6 +450,10 @@ def problem(
     """
     if margin:
         _check_modelled(case)
+        # Margins are drawn along the float32-momentum, nearest-rounding trajectory of the same row:
+        # an 8-bit momentum or a stochastic rounding moves c by far less than the 0.05 margin.
+        if case.stored_formats:
+            case = dataclasses.replace(case, momentum_dtype="float32", rounding="nearest")
     rng = np.random.default_rng(seed_of(case.id) if seed is None else seed)
     init = [round_to(rng.standard_normal(shape), case.param_dtype) for shape in shapes]
     grads: list[list[np.ndarray | None]] = []
@@ -474,14 +528,37 @@ def _reference_row(
 
 def reference(
     case: Case, problem: Problem, *, momentum: Sequence[np.ndarray] | None = None
-) -> ReferenceResult:
+) -> ReferenceResult | StoredResult:
     """What the case must produce: ``lion_core.reference`` on the problem, as float64 arrays.
 
     float64 rows run ``reference_lion`` itself. Other rows compute each step in
     ``lion_core.compute_dtype`` of their dtypes (float32 unless one is float64) and round the
     parameter and the momentum to their storage dtypes after every step.
+    Rows with lion_core's formats (:attr:`Case.stored_formats`) run ``reference_lion_stored`` and
+    return its ``StoredResult``, whose ``stored`` are the momenta as stored (``Int8State``).
     """
     _check_modelled(case)
+    if case.stored_formats:
+        if momentum is not None:
+            raise NotImplementedError("a starting momentum for a stored-format row")
+        compute = compute_dtype(case.param_dtype, case.gradient_dtype, "float32")
+        return reference_lion_stored(
+            problem.init,
+            problem.grads,
+            spec=state_spec(
+                case.param_dtype, case.momentum_dtype, stochastic_rounding=case.rounding == "stochastic"
+            ),
+            param_dtype=case.param_dtype,
+            seed=case.seed,
+            lr=[case.lr_at(step) for step in range(problem.steps)],
+            beta1=case.beta1,
+            beta2=case.beta2,
+            weight_decay=case.weight_decay,
+            max_lr=case.reference_max_lr,
+            cautious=case.cautious,
+            maximize=case.maximize,
+            compute=np.dtype(compute),
+        )
     if {case.param_dtype, case.momentum_dtype, case.gradient_dtype} == {"float64"}:
         lrs = [case.lr_at(step) for step in range(problem.steps)]
         return reference_lion(
@@ -504,12 +581,15 @@ def reference(
 
 
 def _check_modelled(case: Case) -> None:
-    unknown = {case.param_dtype, case.momentum_dtype, case.gradient_dtype} - set(HALF_ULP)
-    if unknown or case.rounding != "nearest":
+    unknown = {case.param_dtype, case.gradient_dtype} - set(HALF_ULP)
+    unknown |= {case.momentum_dtype} - set(HALF_ULP) - set(_DECLARED_FORMATS)
+    if case.rounding == "stochastic" and case.param_dtype != "bfloat16":
+        unknown.add(f"stochastic rounding of {case.param_dtype}")
+    if unknown:
         raise NotImplementedError(
-            f"case {case.id}: the reference models round-to-nearest storage in {sorted(HALF_ULP)}; "
-            f"add the rounding of {sorted(unknown) or case.rounding!r} (from lion_core's declaration) to "
-            "tests.cases.round_to with the row"
+            f"case {case.id}: the reference models storage in {sorted(HALF_ULP)} (nearest), the momentum "
+            f"formats {_DECLARED_FORMATS} and stochastic rounding of bfloat16; declare {sorted(unknown)} in "
+            "lion_core (lion_core.state_spec) and model it in lion_core.reference with the row"
         )
 
 
@@ -616,6 +696,7 @@ __all__ = [
     "CASES",
     "EPS32",
     "EPS64",
+    "FORMAT_CASES",
     "HALF_ULP",
     "LOW_PRECISION_CASES",
     "MISSING",
@@ -626,6 +707,7 @@ __all__ = [
     "SCHEDULES",
     "SHAPES",
     "STEPS",
+    "STOCHASTIC_BUDGET",
     "TRAJECTORY_SHAPES",
     "TRAJECTORY_STEPS",
     "Budget",

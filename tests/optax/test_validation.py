@@ -38,7 +38,7 @@ def _text(name, expected, value):
         (dict(learning_rate=1e-3, weight_decay=-1e-4), ValueError,
          _text("weight_decay", "0 <= weight_decay < inf", -1e-4)),
         (dict(learning_rate=1e-3, mu_dtype="int32"), ValueError, r"Invalid `mu_dtype`: expected None or one"),
-        (dict(learning_rate=1e-3, mu_dtype=jnp.int8), ValueError, r"Received: mu_dtype='int8'"),
+        (dict(learning_rate=1e-3, mu_dtype=jnp.int16), ValueError, r"Received: mu_dtype='int16'"),
         (dict(learning_rate=1e-3, mu_dtype="bf16"), ValueError, r"Received: mu_dtype='bf16'"),
         (dict(learning_rate=1e-3, mu_dtype=3), TypeError, r"Invalid `mu_dtype`: .* of type int"),
         (dict(learning_rate=1e-3, cautious="yes"), TypeError, r"Invalid `cautious`: expected True or False"),

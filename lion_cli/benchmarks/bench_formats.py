@@ -22,7 +22,7 @@ nearest code, or stochastically between the two neighbours with ``lion_core.coun
 Rows with bfloat16 parameters (nearest; stochastic rounding; stochastic with int8 momentum), at
 this learning rate and at 3e-4, show the parameter's rounding on the same task.
 
-Usage: ``python -m lion_cli.benchmarks.bench_formats`` (``--steps`` to shorten). The figures are in
+Usage: ``python benchmarks/bench_formats.py`` (``--steps`` to shorten). The figures are in
 docs/low-memory.md.
 """
 

@@ -9,7 +9,7 @@ bfloat16 parameters with stochastic rounding; parameters and state donated) is c
 ``memory_analysis()`` reports its temporary buffers, also per parameter, with XLA's default
 options and with ``xla_cpu_copy_insertion_use_region_analysis`` (docs/benchmarks-optax.md).
 
-Usage: ``python -m lion_cli.benchmarks.bench_memory_optax``. The figures are in docs/low-memory.md.
+Usage: ``python benchmarks/bench_memory_optax.py``. The figures are in docs/low-memory.md.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Usage: ``python benchmarks/bench_memory_optax.py``. The figures are in docs/low-
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import jax
@@ -54,6 +55,7 @@ def measure(name: str, tx, param_dtype, stochastic: bool = False) -> tuple[str, 
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help; no options
     rows = [
         measure("float32 params, float32 momentum", lion_optax.lion(1e-4), jnp.float32),
         measure("bfloat16 params, bfloat16 momentum (default)", lion_optax.lion(1e-4), jnp.bfloat16),

@@ -222,13 +222,14 @@ def bulk_plain(
     found = tuple(set(map(_dtype, tensors)) for tensors in (params, grads, momenta))
     if all(len(dtypes) == 1 for dtypes in found):  # one dtype triple for the whole group
         code = triple_code(*(dtypes.pop() for dtypes in found))
-        if code not in codes:
+        if code is None or code not in codes:
             return None
-        return Scan([code] * len(params), pointers, (pointers, shapes, code), everything)  # type: ignore[list-item]
+        return Scan([code] * len(params), pointers, (pointers, shapes, code), everything)
     per_triple = list(map(triple_code, map(_dtype, params), map(_dtype, grads), map(_dtype, momenta)))
     if not set(per_triple) <= codes:
         return None
-    return Scan(per_triple, pointers, (pointers, shapes, tuple(per_triple)), everything)  # type: ignore[arg-type]
+    key = (pointers, shapes, tuple(per_triple))
+    return Scan(per_triple, pointers, key, everything)  # type: ignore[arg-type]
 
 
 def overlapping(pointers: Sequence[int], nbytes: Sequence[int], n: int) -> list[int]:

@@ -73,6 +73,7 @@ import lion_core
 from ._contract import (
     CautiousReduce,
     KernelError,
+    Scan,
     TableCache,
     bulk_plain,
     check_lengths,
@@ -261,14 +262,12 @@ _plans = TableCache(_CACHE_SIZE)
 _is_cpu = operator.attrgetter("is_cpu")
 
 
-def _plan(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], momenta: Sequence[torch.Tensor],
-          codes: list[int]) -> _Plan:
-    everything = (*params, *grads, *momenta)
-    pointers = tuple(map(torch.Tensor.data_ptr, everything))
-    numels = tuple(map(torch.Tensor.numel, params))
-    key = (pointers, numels, tuple(codes))
+def _plan(scan: Scan, params: Sequence[torch.Tensor]) -> _Plan:
+    """The plan of a scanned call, cached on the scan's key (addresses, shapes, dtype codes)."""
     return _plans.get(
-        key, lambda: _Plan(pointers, numels, codes, list(map(torch.Tensor.element_size, everything)))
+        scan.key,
+        lambda: _Plan(scan.pointers, list(map(torch.Tensor.numel, params)), scan.codes,
+                      list(map(torch.Tensor.element_size, scan.tensors))),
     )
 
 
@@ -345,11 +344,10 @@ def lion_(
     library = _load()
     if n == 0 or (found_inf is not None and float(found_inf) != 0.0):
         return []
-    codes = bulk_plain(params, grads, momenta, _CODES)
+    scan = bulk_plain(params, grads, momenta, _CODES)
     refused: list[int] = []
-    if codes is not None and all(map(_is_cpu, (*params, *grads, *momenta))):
+    if scan is not None and all(map(_is_cpu, scan.tensors)):
         positions = None
-        plan = _plan(params, grads, momenta, codes)
     else:
         positions = [i for i in range(n) if supports(params[i], grads[i], momenta[i])]
         refused = sorted(set(range(n)).difference(positions))
@@ -358,10 +356,10 @@ def lion_(
         params = [params[i] for i in positions]
         grads = [grads[i] for i in positions]
         momenta = [momenta[i] for i in positions]
-        codes = [
-            triple_code(p.dtype, g.dtype, m.dtype) for p, g, m in zip(params, grads, momenta)
-        ]  # type: ignore[misc]
-        plan = _plan(params, grads, momenta, codes)  # type: ignore[arg-type]
+        scan = bulk_plain(params, grads, momenta, _CODES)
+        if scan is None:  # supported, yet no data pointer (a storage-less tensor): nothing is written
+            return list(range(n))
+    plan = _plan(scan, params)
 
     lr = float(lr)
     beta1, beta2 = float(beta1), float(beta2)
@@ -405,12 +403,14 @@ def lion_(
         )
         if status != 0:
             raise MemoryError(f"the fused CPU Lion kernel failed with status {status}")
-    if plan.updated:
+    if not plan.overlapping:
         # The kernel writes through raw pointers; bump the version counters as an in-place torch op
         # would, so autograd still detects a saved tensor that was modified.
+        torch._C._increment_version(list(params))
+        torch._C._increment_version(list(momenta))
+        return refused
+    if plan.updated:
         torch._C._increment_version([params[i] for i in plan.updated])
         torch._C._increment_version([momenta[i] for i in plan.updated])
-    if not plan.overlapping:
-        return refused
     aliased = plan.overlapping if positions is None else [positions[i] for i in plan.overlapping]
     return sorted([*refused, *aliased])

@@ -402,9 +402,9 @@ def lion_(
     tensors = [*params, *grads, *momenta]
     positions: list[int] | None = None
     refused: list[int] = []
-    codes = bulk_plain(params, grads, momenta, _CODES)
-    devices = list(map(_DEVICE, tensors)) if codes is not None else []
-    if codes is None or not (
+    scan = bulk_plain(params, grads, momenta, _CODES)
+    devices = list(map(_DEVICE, tensors)) if scan is not None else []
+    if scan is None or not (
         all(map(_device_ok, set(devices)))
         and (devices.count(devices[0]) == 3 * n or devices[:n] == devices[n : 2 * n] == devices[2 * n :])
     ):
@@ -419,11 +419,13 @@ def lion_(
         n = len(positions)
         tensors = [*params, *grads, *momenta]
         devices = list(map(_DEVICE, tensors))
+        scan = None
     _import_triton()
     dtypes = list(map(_DTYPE, tensors))
     numels = list(map(torch.Tensor.numel, params))
-    pointers = list(map(torch.Tensor.data_ptr, tensors))
-    key = (tuple(pointers), tuple(numels), tuple(dtypes))
+    # The fast path's scan has read the pointers already; channels-last triples are not scanned.
+    pointers = scan.pointers if scan is not None else tuple(map(torch.Tensor.data_ptr, tensors))
+    key = (pointers, tuple(numels), tuple(dtypes))
     aliased = _cached(
         _overlaps, key,
         lambda: overlapping(pointers, [numels[k % n] * dtypes[k].itemsize for k in range(3 * n)], n),

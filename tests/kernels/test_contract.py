@@ -179,6 +179,69 @@ def test_overlapping_triples_are_handed_back_and_the_rest_updated(kernel):
     assert kernel.lion_(params, grads, momenta, **HYPER) == [0, 2, 3, 4]
 
 
+def _other_layouts() -> list[Any]:
+    layouts = [
+        pytest.param(lambda t: t.to_sparse(), id="sparse_coo"),
+        pytest.param(lambda t: t.view(2, 4).to_sparse_csr(), id="sparse_csr"),
+    ]
+    if torch.backends.mkldnn.is_available():
+        layouts.append(pytest.param(lambda t: t.to_mkldnn(), id="mkldnn"))
+    return layouts
+
+
+@pytest.mark.filterwarnings("ignore:Sparse:UserWarning")
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("convert", _other_layouts())
+def test_tensors_of_another_layout_are_handed_back(kernel, convert):
+    """The bulk check reads every data pointer, which a non-strided tensor does not have."""
+    gen = torch.Generator().manual_seed(6)
+    dense = [torch.randn(8, generator=gen) for _ in range(6)]
+    other = [convert(t.clone()) for t in dense[3:]]
+    before = [t.clone() for t in dense[:3]]
+    assert kernel.lion_([dense[0], other[0]], [dense[1], other[1]], [dense[2], other[2]], **HYPER) == [1]
+    assert kernel.lion_([other[0]], [other[1]], [other[2]], **HYPER) == [0]
+    for t, converted in zip(dense[3:], other):
+        assert torch.equal(converted.to_dense().reshape(8), t), "a tensor of another layout was written"
+    assert not torch.equal(dense[0], before[0])
+
+
+#: Changes that keep a tensor's address (and its Python object) but not what a plan was built from.
+SAME_ADDRESS_CHANGES = {
+    "shorter": lambda t: t[:4],  # fewer elements
+    "bfloat16": lambda t: t.view(torch.bfloat16),  # another dtype, twice the elements
+    "transposed": lambda t: t.view(2, 4).t(),  # another memory order
+    "negated": lambda t: t._neg_view(),  # the lazy negation bit
+}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("change", [*SAME_ADDRESS_CHANGES, "one_unsqueezed"])
+def test_a_tensor_changed_at_the_same_address_is_planned_again(kernel, change):
+    """Plans are cached on addresses: a tensor whose dtype, size, strides or negation bit changed
+    in place (``p.data = ...``, ``p.unsqueeze_(0)``) must be checked and planned again, exactly as
+    fresh tensors with the same values and layout are (same hand-back, bit-identical writes)."""
+    gen = torch.Generator().manual_seed(5)
+    bases = [torch.randn(8, generator=gen) for _ in range(3)]  # param, grad, momentum
+    tensors = [b.view(8) for b in bases]
+    assert kernel.lion_(*([t] for t in tensors), **HYPER) == []  # plans these addresses
+    copies = [b.clone() for b in bases]  # the same values at other addresses
+    addresses = [t.data_ptr() for t in tensors]
+    if change == "one_unsqueezed":
+        tensors[0].unsqueeze_(0)  # the parameter's shape no longer equals the gradient's
+        fresh = [copies[0].unsqueeze(0), copies[1], copies[2]]
+    else:
+        for t in tensors:
+            t.data = SAME_ADDRESS_CHANGES[change](t.data)
+        fresh = [SAME_ADDRESS_CHANGES[change](c) for c in copies]
+    assert [t.data_ptr() for t in tensors] == addresses
+    left = kernel.lion_(*([t] for t in tensors), **HYPER)
+    assert left == kernel.lion_(*([f] for f in fresh), **HYPER)
+    if change in ("negated", "one_unsqueezed") or (change == "transposed" and kernel is cpu_lion):
+        assert left == [0]
+    for k, (b, c) in enumerate(zip(bases, copies)):  # the whole buffers, bit for bit
+        assert torch.equal(b.view(torch.int32), c.view(torch.int32)), f"tensor {k} differs"
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_a_gradient_that_is_another_triples_parameter_is_an_overlap(kernel):
     a, b = torch.ones(4), torch.ones(4)

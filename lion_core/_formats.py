@@ -11,7 +11,7 @@ the kernels, so a new format is one definition plus one kernel routine:
   divided by 127) and one int8 code per element, :math:`m \approx q \cdot s`, ``-127 <= q <= 127``.
   Codes are rounded stochastically: with :math:`\beta_2 = 0.99` the momentum moves by 1% of
   :math:`g - m` per step, usually less than one code step, so round-to-nearest codes stall where
-  stochastic ones follow in expectation (``lion_cli/benchmarks/bench_formats.py`` measures this; see
+  stochastic ones follow in expectation (``benchmarks/bench_formats.py`` measures this; see
   docs/low-memory.md). Memory: ``1 + 4 / block_size`` bytes per element (1.016 for 256).
 * ``StateSpec``: a parameter's slots and its own rounding (``"nearest"`` or ``"stochastic"``:
   float32 results stored to bfloat16 by unbiased, deterministic stochastic rounding).

@@ -51,8 +51,12 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, folder: str, arg
             world_size=world_size,
             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
         )
+        # A rank that returned at once could tear its connections down while another rank is still
+        # connecting to it: every rank waits until the whole mesh is up, and again before leaving.
+        dist.barrier()
         try:
             result = fn(rank, world_size, *args)
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         torch.save({"ok": True, "value": result}, out)

@@ -270,3 +270,13 @@ def test_a_process_group_votes_alone_and_broadcasts_from_its_first_rank():
     )
     for i, p in enumerate(results[2]["params"]):
         _assert_equal(p, second.params[i], f"group 2 param {i}")
+
+
+def test_the_quality_benchmark_builds_the_demo_model():
+    # benchmarks/bench_distributed.py compares DistributedLion with Lion + DDP on the demo's MLP,
+    # loaded with the demo's initial weights; its recipe imports once pointed at a moved module.
+    from lion_cli.benchmarks.bench_distributed import _model
+    from lion_cli.recipe import demo_init
+
+    layers = [m for m in _model() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(layer.weight.shape) for layer in layers] == [kernel.T.shape for kernel, _ in demo_init(0)]

@@ -60,6 +60,18 @@ def _value_at(value: PerStep, step: int) -> float:
     return float(value)
 
 
+def _hyperparameters_at(
+    step: int, lr: PerStep, beta1: PerStep, beta2: PerStep, weight_decay: PerStep
+) -> dict[str, Any]:
+    """Step ``step``'s values of the (possibly scheduled) hyperparameters, validated."""
+    return {
+        "lr": check_learning_rate(_value_at(lr, step)),
+        "beta1": check_beta(_value_at(beta1, step), "beta1"),
+        "beta2": check_beta(_value_at(beta2, step), "beta2"),
+        "weight_decay": check_weight_decay(_value_at(weight_decay, step)),
+    }
+
+
 def _real_dtype(dtype: npt.DTypeLike) -> np.dtype:
     return np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.finfo(dtype).dtype
 
@@ -164,12 +176,7 @@ def reference_lion(
     for step, step_grads in enumerate(grads):
         if len(step_grads) != len(current):
             raise ValueError(f"step {step} has {len(step_grads)} gradients for {len(current)} parameters")
-        hyper: dict[str, Any] = {
-            "lr": check_learning_rate(_value_at(lr, step)),
-            "beta1": check_beta(_value_at(beta1, step), "beta1"),
-            "beta2": check_beta(_value_at(beta2, step), "beta2"),
-            "weight_decay": check_weight_decay(_value_at(weight_decay, step)),
-        }
+        hyper = _hyperparameters_at(step, lr, beta1, beta2, weight_decay)
         for i, grad in enumerate(step_grads):
             if grad is None:
                 continue
@@ -243,10 +250,9 @@ def reference_distributed_lion(
             moments = [[np.zeros_like(p) for p in current] for _ in range(world)]
         if len(moments) != world:
             raise ValueError(f"step {step} has {world} ranks, step 0 had {len(moments)}")
-        lr_t = check_learning_rate(_value_at(lr, step))
-        b1 = check_beta(_value_at(beta1, step), "beta1")
-        b2 = check_beta(_value_at(beta2, step), "beta2")
-        decay = decay_factor(lr_t, check_weight_decay(_value_at(weight_decay, step)), max_lr)
+        hyper = _hyperparameters_at(step, lr, beta1, beta2, weight_decay)
+        lr_t, b1, b2 = hyper["lr"], hyper["beta1"], hyper["beta2"]
+        decay = decay_factor(lr_t, hyper["weight_decay"], max_lr)
         stepped = [i for i, g in enumerate(per_rank[0]) if g is not None]
         if any((g is None) != (per_rank[0][i] is None) for rank in per_rank for i, g in enumerate(rank)):
             raise ValueError(f"step {step}: a parameter has a gradient on some ranks only")
@@ -386,12 +392,7 @@ def reference_lion_stored(
         stored.append(value)
         moments.append(decoded)
     for step, step_grads in enumerate(grads):
-        hyper: dict[str, Any] = {
-            "lr": check_learning_rate(_value_at(lr, step)),
-            "beta1": check_beta(_value_at(beta1, step), "beta1"),
-            "beta2": check_beta(_value_at(beta2, step), "beta2"),
-            "weight_decay": check_weight_decay(_value_at(weight_decay, step)),
-        }
+        hyper = _hyperparameters_at(step, lr, beta1, beta2, weight_decay)
         for i, grad in enumerate(step_grads):
             if grad is None:
                 continue

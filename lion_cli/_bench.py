@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,7 +70,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("keras-torch", "bench_keras_torch.py", ("keras", "torch"), "keras", False,
                   "lion_keras.Lion vs keras.optimizers.Lion under model.fit on the PyTorch backend",
                   ("--quick",)),
-        Benchmark("torch-distributed", "bench_distributed.py", ("torch",), "torch", False,
+        Benchmark("torch-distributed", "bench_distributed.py", ("torch", "matplotlib", "sklearn"),
+                  "torch,demo", False,
                   "DistributedLion's bytes per parameter vs gradient all-reduces, 2-8 gloo ranks; quality",
                   ("--quick",)),
     )
@@ -225,14 +227,47 @@ def _bar_colour(label: str) -> str:
     return "C0"
 
 
+#: Named colours of ``_bar_colour`` as SVG fills (matplotlib's C0, C1 and a mid grey).
+_SVG_FILLS = {"C0": "#1f77b4", "C1": "#ff7f0e", "0.6": "#999999"}
+
+
+def plot_bench_svg(panels: Sequence[tuple[str, str, list[str], list[float]]], path: Path) -> None:
+    """The plot of :func:`plot_bench` as a plain SVG (linear axes), written with the standard library,
+    for an installation without matplotlib (``lionkit[torch]`` alone): the plot needs no extra."""
+    row, width, label_width, y = 18, 900, 380, 30
+    parts = ['<text x="8" y="18" font-size="14">lion bench: lionkit (orange), peers (blue), '
+             "references (grey); step time, lower is better</text>"]
+    for title, unit, labels, values in panels:
+        y += 24
+        parts.append(f'<text x="8" y="{y}" font-size="13">{escape(title)} ({escape(unit)})</text>')
+        scale = (width - label_width - 80) / max(max(values), 1e-12)
+        for label, value in zip(labels, values):
+            y += row
+            fill = _SVG_FILLS[_bar_colour(label)]
+            parts.append(f'<text x="{label_width - 6}" y="{y}" font-size="11" text-anchor="end">'
+                         f"{escape(label)}</text>")
+            parts.append(f'<rect x="{label_width}" y="{y - 12}" width="{value * scale:.1f}" height="14" '
+                         f'fill="{fill}"/>')
+            parts.append(f'<text x="{label_width + value * scale + 4:.1f}" y="{y}" font-size="10">'
+                         f"{value:.3g}</text>")
+    body = "\n".join(parts)
+    path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y + 20}" '
+                    f'font-family="sans-serif">\n{body}\n</svg>\n', encoding="utf-8")
+
+
 def plot_bench(results: Sequence[BenchResult], path: Path) -> int:
     """Plots each table's step time (its first ``ms`` column) as bars, one panel per table or case.
 
-    Returns the number of panels; nothing is written when no table has an ``ms`` column.
+    Writes ``path`` (a PNG) with matplotlib; where matplotlib is not installed, the same bars as an SVG
+    next to it (``path`` with the suffix ``.svg``). Returns the number of panels; nothing is written
+    when no table has an ``ms`` column.
     """
     panels = [panel for result in results for panel in _bench_panels(result)]
     if not panels:
         return 0
+    if missing(["matplotlib"]):
+        plot_bench_svg(panels, path.with_suffix(".svg"))
+        return len(panels)
     heights = [1.2 + 0.3 * len(labels) for _, _, labels, _ in panels]
     plot = figure(10, max(3.0, sum(heights)))
     grid = plot.add_gridspec(len(panels), 1, height_ratios=heights)
@@ -304,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     written = [out / "lion-bench.md"]
     (out / "lion-bench.md").write_text(report)
     if plot_bench(results, png):
-        written.insert(0, png)
+        written.insert(0, png if png.exists() else png.with_suffix(".svg"))
     else:
         print("lion bench: no table had an ms/step column; no plot written", file=sys.stderr)
     print("wrote " + " and ".join(str(p) for p in written))

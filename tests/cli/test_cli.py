@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree
 import zlib
 from pathlib import Path
 
@@ -379,6 +380,22 @@ def test_bench_plots_one_panel_per_case(tmp_path: Path) -> None:
     ]
     assert _bench.plot_bench([result], tmp_path / "plot.png") == 2
     assert_valid_png(tmp_path / "plot.png")
+
+
+def test_bench_plots_an_svg_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lionkit[torch] alone has no matplotlib: the same bars come as an SVG, one per table row."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = _bench.BenchResult("torch-cpu", FAKE_TABLE, _common.parse_markdown_tables(FAKE_TABLE))
+    assert _bench.plot_bench([result], tmp_path / "plot.png") == 2
+    assert not (tmp_path / "plot.png").exists()
+    svg = (tmp_path / "plot.svg").read_text(encoding="utf-8")
+    root = xml.etree.ElementTree.fromstring(svg)
+    namespace = "{http://www.w3.org/2000/svg}"
+    widths = [float(rect.get("width")) for rect in root.iter(f"{namespace}rect")]
+    assert len(widths) == 4  # ours and the peer, in each of the two cases
+    assert widths[0] / widths[1] == pytest.approx(17.5 / 36.0, rel=1e-3)
+    texts = [text.text for text in root.iter(f"{namespace}text")]
+    assert "torch-cpu: (a) 40M in 10 (ms/step)" in texts and "torch-cpu: (b) 2M in 400 (ms/step)" in texts
 
 
 def test_bench_with_a_folder_without_scripts_says_so(

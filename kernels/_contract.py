@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["DTYPE_CODE", "CautiousReduce", "KernelError", "LionKernel", "Scan"]
+__all__ = ["DTYPE_CODE", "CautiousReduce", "KernelError", "LionKernel", "Scan", "split_formats"]
 
 #: The hook that turns each updated triple's local (kept, element count) into the global counts.
 CautiousReduce = Callable[[torch.Tensor], torch.Tensor]
@@ -87,6 +87,9 @@ class LionKernel(Protocol):
         grad_scale: torch.Tensor | None = None,
         found_inf: torch.Tensor | None = None,
         cautious_reduce: CautiousReduce | None = None,
+        scales: Sequence[torch.Tensor | None] | None = None,
+        momentum_keys: Sequence[int | None] | None = None,
+        param_keys: Sequence[int | None] | None = None,
     ) -> list[int]:
         r"""One Lion step, in place, for every supported triple; returns the indices left untouched.
 
@@ -111,6 +114,13 @@ class LionKernel(Protocol):
             It returns the counts of the whole tensors (an all-reduce over the shards) in the same
             shape, and the kernel rescales each tensor's kept entries by count / kept, as
             ``lion_core.cautious_mask`` does for a whole tensor. Default ``None``: the local counts.
+          scales, momentum_keys, param_keys: the state formats of ``lion_core.state_spec``, one entry
+            per triple (``None`` for a triple without one). ``scales[i]``: the float32 block scales
+            of an int8 momentum (``momenta[i]`` holds its codes, ``lion_core.INT8``);
+            ``momentum_keys[i]``: the step key of those codes' stochastic rounding,
+            ``lion_core.step_key(derive_seed(seed, MOMENTUM_STREAM, t), step)``; ``param_keys[i]``:
+            the step key of a bfloat16 parameter's stochastic rounding (``PARAM_STREAM``). A kernel
+            without a routine for a triple's format hands the triple back. Default ``None``.
 
         Returns:
           The sorted indices of the triples that were not updated.
@@ -230,6 +240,27 @@ def bulk_plain(
         return None
     key = (pointers, shapes, tuple(per_triple))
     return Scan(per_triple, pointers, key, everything)  # type: ignore[arg-type]
+
+
+def split_formats(
+    n: int,
+    scales: Sequence[Any] | None,
+    momentum_keys: Sequence[Any] | None,
+    param_keys: Sequence[Any] | None,
+) -> tuple[list[int], list[int]]:
+    """The indices of the triples stored in plain floating formats, and of those with a state format
+    (an int8 momentum or a stochastically rounded parameter); raises KernelError for a list whose
+    length is not ``n``."""
+    given = {"scales": scales, "momentum_keys": momentum_keys, "param_keys": param_keys}
+    for name, values in given.items():
+        if values is not None and len(values) != n:
+            raise KernelError(f"`{name}` must have one entry per parameter. Received: {len(values)} "
+                              f"entries for {n} params")
+    formatted = [i for i in range(n) if any(v is not None and v[i] is not None for v in given.values())]
+    if not formatted:
+        return list(range(n)), []
+    chosen = set(formatted)
+    return [i for i in range(n) if i not in chosen], formatted
 
 
 def overlapping(pointers: Sequence[int], nbytes: Sequence[int], n: int) -> list[int]:

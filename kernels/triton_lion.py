@@ -86,6 +86,7 @@ from ._contract import (
     global_counts,
     overlapping,
     plain_triple,
+    split_formats,
     triple_code,
 )
 
@@ -339,6 +340,9 @@ def lion_(
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
     cautious_reduce: CautiousReduce | None = None,
+    scales: Sequence[torch.Tensor | None] | None = None,
+    momentum_keys: Sequence[int | None] | None = None,
+    param_keys: Sequence[int | None] | None = None,
 ) -> list[int]:
     r"""Applies one Lion step in place to every supported triple, in a few launches; returns the others.
 
@@ -371,6 +375,8 @@ def lion_(
         (a CPU flag is read on the host, and ``[]`` returned). Default ``None``.
       cautious_reduce: turns the local (kept, count) rows into global ones (DTensor shards); the
         rows are assembled on the tensors' device. Default ``None``.
+      scales, momentum_keys, param_keys: state formats (``lion_kernels._contract``); a triple with
+        one is handed back (no routine yet). Default ``None``.
 
     Returns:
       The sorted indices of the triples left untouched: unsupported, or overlapping in memory.
@@ -392,6 +398,14 @@ def lion_(
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
     n = check_lengths(params, grads, momenta)
+    plain, formatted = split_formats(n, scales, momentum_keys, param_keys)
+    if formatted:
+        left = lion_(
+            [params[i] for i in plain], [grads[i] for i in plain], [momenta[i] for i in plain], lr=lr,
+            beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
+            maximize=maximize, grad_scale=grad_scale, found_inf=found_inf, cautious_reduce=cautious_reduce,
+        )
+        return sorted([*formatted, *(plain[j] for j in left)])
     reason = unavailable_reason()
     if reason is not None:
         raise KernelError(f"The fused Triton Lion kernel cannot run: {reason}")

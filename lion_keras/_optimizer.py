@@ -372,8 +372,8 @@ class Lion(keras.optimizers.Optimizer):
         return _formats.Bits.of(self._seed)
 
     def _seed_value(self) -> int:
-        """The seed as a Python int (``None``-free: only called where a format needs it)."""
-        return int(ops.convert_to_numpy(self._seed))
+        """The seed as a Python int (eager code only: ``get_config``, the PyTorch kernel's keys)."""
+        return _python_int(self._seed)
 
     def _has_formats(self, variable: Any) -> bool:
         """Whether ``variable``'s state uses lion_core's formats (``_formatted_step`` updates it)."""
@@ -525,6 +525,12 @@ class Lion(keras.optimizers.Optimizer):
                     config[key], custom_objects=custom_objects
                 )
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _python_int(x: Any) -> int:
+    """A scalar variable or tensor's value as a Python int (eager)."""
+    value = getattr(x, "value", x)
+    return int(value.item() if hasattr(value, "item") else value)
 
 
 def _is_float(dtype: str) -> bool:

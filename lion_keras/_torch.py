@@ -24,7 +24,7 @@ from keras import ops
 
 import lion_core
 
-from ._optimizer import _dtype
+from ._optimizer import _dtype, _python_int
 
 #: The kernel module for each device type that has one (imported on first use; it builds nothing).
 KERNEL_MODULES: dict[str, str] = {"cpu": "lion_kernels.cpu_lion", "cuda": "lion_kernels.triton_lion"}
@@ -138,7 +138,7 @@ def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], l
     param_keys: list[Any] = [None] * len(variables)
     if optimizer._seed is not None:
         seed = optimizer._seed_value()
-        step = int(ops.convert_to_numpy(optimizer.iterations))  # the updates made before this one
+        step = _python_int(optimizer.iterations)  # the updates made before this one
         for j, (t, spec) in enumerate(zip(indices, specs)):
             if scales[j] is not None:
                 momentum_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.MOMENTUM_STREAM, t), step)
@@ -191,15 +191,22 @@ def _fused_update(
             maximize=False,
             **formats,
         )
-        if untouched:
-            first = indices[untouched[0]]
+        handed_back = [indices[j] for j in untouched]
+        for formatted, path in ((False, "the foreach update"), (True, "lion_keras.Lion.update_step")):
+            some = [i for i in handed_back if optimizer._has_formats(variables[i]) == formatted]
+            if not some:
+                continue
+            what = f"{variables[some[0]].path}', {_dtype(variables[some[0]])}"
+            if formatted:
+                spec = optimizer._specs[optimizer._get_variable_index(variables[some[0]])]
+                what += f", momentum {spec.momentum.name}, {spec.param_rounding} rounding"
             lion_core.warn_fallback(
                 f"lionkit's fused {device.type} kernel for some variables of lion_keras.Lion",
-                f"it does not support, or cannot update in place, {len(untouched)} of {len(indices)} "
-                f"variables (the first: '{variables[first].path}', {_dtype(variables[first])})",
-                "the foreach update for them",
+                f"it does not support, or cannot update in place, {len(some)} of {len(indices)} "
+                f"variables (the first: '{what})",
+                f"{path} for them",
             )
-            rest.extend(indices[j] for j in untouched)
+        rest.extend(handed_back)
     return sorted(rest)
 
 

@@ -476,7 +476,8 @@ class Lion(keras.optimizers.Optimizer):
         int8 codes for a floating momentum or the reverse, a seed where none is kept or the reverse."""
         saved_int8 = any(_dtype(store[str(i)]) == "int8" for i in range(saved))
         own_int8 = self.momentum_dtype == "int8"
-        if saved_int8 != own_int8:
+        # A state saved before the first step has no momentum, in any format.
+        if saved_int8 != own_int8 and saved > self._unbuilt_variable_count:
             raise lion_core.mismatched_state(
                 "momentum_dtype",
                 f"a state saved with momentum_dtype={self.momentum_dtype!r}",

@@ -93,6 +93,7 @@ def test_rows_match_the_stored_reference(case):
     check(case, problem, optimizer, variables)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::lion_core.FallbackWarning")
 @pytest.mark.parametrize("case", cases.select(cases.FORMAT_CASES, UNSUPPORTED), ids=cases.case_id)
 def test_trajectory_with_margin_gradients(case):

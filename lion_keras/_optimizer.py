@@ -285,12 +285,16 @@ class Lion(keras.optimizers.Optimizer):
             layout = getattr(variable, "_layout", None)
             if spec.momentum.name == "int8":
                 momentums.append(
-                    self.add_variable(shape=variable.shape, dtype="int8", name=f"{prefix}_momentum", layout=layout)
+                    self.add_variable(
+                        shape=variable.shape, dtype="int8", name=f"{prefix}_momentum", layout=layout
+                    )
                 )
                 size = int(np.prod(variable.shape, dtype=np.int64))
                 scales.append(
                     self.add_variable(
-                        shape=(lion_core.INT8.blocks(size),), dtype="float32", name=f"{prefix}_momentum_scales"
+                        shape=(lion_core.INT8.blocks(size),),
+                        dtype="float32",
+                        name=f"{prefix}_momentum_scales",
                     )
                 )
                 continue
@@ -300,7 +304,9 @@ class Lion(keras.optimizers.Optimizer):
                 momentums.append(self.add_variable_from_reference(variable, "momentum"))
             else:
                 momentums.append(
-                    self.add_variable(shape=variable.shape, dtype=dtype, name=f"{prefix}_momentum", layout=layout)
+                    self.add_variable(
+                        shape=variable.shape, dtype=dtype, name=f"{prefix}_momentum", layout=layout
+                    )
                 )
         self._momentums = momentums
         self._momentum_scales = scales
@@ -328,14 +334,17 @@ class Lion(keras.optimizers.Optimizer):
         self.assign(variable, _to_storage(param - lr * update, _dtype(variable)))
         self.assign(momentum, _to_storage(lion_core.next_momentum(m, grad, beta2=beta_2), _dtype(momentum)))
 
-    def _formatted_step(self, index: int, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
+    def _formatted_step(
+        self, index: int, gradient: Any, variable: keras.Variable, learning_rate: Any
+    ) -> None:
         """``update_step`` for a variable with lion_core's formats: ``lion_core.reference_lion_stored``'s
         step (computed in float32, stored with the variable's rounding and the momentum's format)."""
         spec = self._specs[index]
         momentum, scales = self._momentums[index], self._momentum_scales[index]
         gradient = ops.convert_to_tensor(gradient)
         int8 = scales is not None
-        dtype = lion_core.compute_dtype(_dtype(variable), _dtype(gradient), "float32" if int8 else _dtype(momentum))
+        stored = "float32" if int8 else _dtype(momentum)  # an 8-bit momentum is decoded to float32
+        dtype = lion_core.compute_dtype(_dtype(variable), _dtype(gradient), stored)
         param, grad = ops.cast(variable, dtype), ops.cast(gradient, dtype)
         if int8:
             m = lion_core.INT8.decode(momentum, scales, xp=_formats.XP, dtype=dtype)

@@ -139,11 +139,14 @@ def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], l
     if optimizer._seed is not None:
         seed = optimizer._seed_value()
         step = _python_int(optimizer.iterations)  # the updates made before this one
+        def key(stream: int, t: int) -> int:
+            return lion_core.step_key(lion_core.derive_seed(seed, stream, t), step)
+
         for j, (t, spec) in enumerate(zip(indices, specs)):
             if scales[j] is not None:
-                momentum_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.MOMENTUM_STREAM, t), step)
+                momentum_keys[j] = key(lion_core.MOMENTUM_STREAM, t)
             if spec is not None and spec.param_rounding == "stochastic":
-                param_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.PARAM_STREAM, t), step)
+                param_keys[j] = key(lion_core.PARAM_STREAM, t)
     return [None if s is None else s.value for s in scales], momentum_keys, param_keys
 
 

@@ -41,7 +41,8 @@ def _config_without_name(optimizer):
 def test_config_round_trip(kwargs):
     optimizer = lion_keras.Lion(**kwargs)
     config = optimizer.get_config()
-    for key in ("beta_1", "beta_2", "cautious", "decouple_lr", "max_lr", "momentum_dtype", "stochastic_rounding", "seed"):
+    ours = ("cautious", "decouple_lr", "max_lr", "momentum_dtype", "stochastic_rounding", "seed")
+    for key in ("beta_1", "beta_2", *ours):
         assert key in config
     restored = lion_keras.Lion.from_config(config)
     assert _config_without_name(restored) == _config_without_name(optimizer)

@@ -78,7 +78,9 @@ BAD_VALUES = {
     ),
     "momentum_dtype_int4": (
         dict(momentum_dtype="int4"),
-        _range("momentum_dtype", "None or one of ('float16', 'bfloat16', 'float32', 'float64', 'int8')", "'int4'"),
+        _range(
+            "momentum_dtype", "None or one of ('float16', 'bfloat16', 'float32', 'float64', 'int8')", "'int4'"
+        ),
     ),
 }
 

@@ -104,7 +104,7 @@ BAD_TYPES = {
         dict(momentum_dtype=np.float32),
         _range(
             "momentum_dtype",
-            "None or one of ('float16', 'bfloat16', 'float32', 'float64')",
+            "None or one of ('float16', 'bfloat16', 'float32', 'float64', 'int8')",
             "<class 'numpy.float32'> of type type",
         ),
     ),

@@ -396,8 +396,10 @@ def _foreach_formatted(
         work_params, work_exp_avgs = [], []
         for i in indices:
             param, exp_avg, (scale, _, param_key) = params[i], exp_avgs[i], formats[i]
-            work_params.append(param if param_key is None else param.to(torch.float32))
-            work_exp_avgs.append(exp_avg if scale is None else _formats.decode(exp_avg, scale, torch.float32))
+            # in the compute dtype, so the results are encoded and rounded from it, as by _single_tensor_lion
+            dtype = _compute_dtype(param.dtype, grads[i].dtype, torch.float32 if scale is not None else exp_avg.dtype)
+            work_params.append(param if param_key is None else param.to(dtype))
+            work_exp_avgs.append(exp_avg if scale is None else _formats.decode(exp_avg, scale, dtype))
         _foreach_update(
             work_params,
             [grads[i] for i in indices],
@@ -600,7 +602,10 @@ def _fused_lion(
         return
     hyper = dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
                  maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
-    formats = dict(scales=scales, momentum_keys=momentum_keys, param_keys=param_keys)
+    # Only the formats given reach the kernel: a call without any keeps the contract's older signature.
+    formats = {name: values for name, values in
+               (("scales", scales), ("momentum_keys", momentum_keys), ("param_keys", param_keys))
+               if values is not None}
     from lion_kernels import KernelError  # lazily: the kernels are imported on the fused path only
 
     batches, wrapped = _kernel_batches(params, grads, exp_avgs, cautious)

@@ -116,7 +116,9 @@ def _spec_of(param_dtype: torch.dtype, momentum: object, stochastic_rounding: bo
 
 def _state_spec(param: Tensor, group: Mapping[str, Any]) -> lion_core.StateSpec:
     """``param``'s state under the group's options (``lion_core.state_spec``, which checks them)."""
-    return _spec_of(param.dtype, _momentum_dtype_name(group["momentum_dtype"]), group["stochastic_rounding"])
+    # Dynamo warns about lru_cache wrappers; while tracing, the options are constants anyway.
+    spec_of = _spec_of.__wrapped__ if torch.compiler.is_compiling() else _spec_of
+    return spec_of(param.dtype, _momentum_dtype_name(group["momentum_dtype"]), group["stochastic_rounding"])
 
 
 #: ``lion_core.derive_seed`` per (seed, stream, tensor index): constant for a parameter's lifetime.
@@ -391,6 +393,7 @@ class Lion(Optimizer):
         if not _STRIDED_ONLY.issuperset(map(_LAYOUT, (p.grad for p in group["params"] if p.grad is not None))):
             self._refuse_sparse(group)
         seed = group["seed"]
+        derive = lion_core.derive_seed if torch.compiler.is_compiling() else _tensor_seed
         scales: list[Tensor | None] = []
         momentum_keys: list[int | None] = []
         param_keys: list[int | None] = []
@@ -415,10 +418,10 @@ class Lion(Optimizer):
             step, t = state.setdefault("step", 0), offset + j
             is_int8 = isinstance(spec.momentum, lion_core.BlockwiseInt8)
             momentum_keys.append(
-                lion_core.step_key(_tensor_seed(seed, lion_core.MOMENTUM_STREAM, t), step) if is_int8 else None
+                lion_core.step_key(derive(seed, lion_core.MOMENTUM_STREAM, t), step) if is_int8 else None
             )
             param_keys.append(
-                lion_core.step_key(_tensor_seed(seed, lion_core.PARAM_STREAM, t), step)
+                lion_core.step_key(derive(seed, lion_core.PARAM_STREAM, t), step)
                 if spec.param_rounding == "stochastic" else None
             )
             counted.append(state)

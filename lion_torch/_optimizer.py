@@ -197,6 +197,23 @@ class Lion(Optimizer):
         parameter's dtype, as ``torch.optim`` keeps its state (default: None). ``torch.float32``
         for bfloat16 or float16 parameters keeps the momentum's small increments at two more bytes
         per element (see ``lion_core.momentum_dtype``). Kept across ``load_state_dict``.
+        ``"int8"`` (or ``torch.int8``): an 8-bit momentum, ``lion_core.INT8``: int8 codes shaped
+        like the parameter in ``exp_avg`` and one float32 scale per block of 256 elements of the
+        flattened parameter in ``exp_avg_scales`` (1.016 bytes per element); each step decodes it,
+        computes in float32 (float64 for float64 parameters) and encodes it with stochastically
+        rounded codes. Not for complex parameters.
+      stochastic_rounding: store bfloat16 parameters from the float32 result by unbiased
+        stochastic rounding (``lion_core.stochastic_round_bfloat16``), so that updates below half
+        a bfloat16 ulp are not rounded away; parameters of other dtypes are rounded to nearest
+        (default: False).
+      seed: the seed of the random bits of ``momentum_dtype="int8"`` and ``stochastic_rounding``,
+        an integer in ``[0, 2**32)``; None draws one from torch's generator at construction
+        (``torch.manual_seed`` makes it reproducible), only when a group uses them (default:
+        None). The bits are ``lion_core.counter_hash`` of a key derived from the seed and the
+        parameter's position over all groups (as ``state_dict`` numbers them), the parameter's
+        own count of updates (``state["step"]``) and the element's flat index: those of
+        ``lion_core.reference`` and of every kernel. Kept in every group, so ``state_dict``
+        saves it and a resumed run continues with the same bits.
       foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
         wherever the fused kernel is not the default (default: None). ``foreach=False`` alone
         selects the single-tensor path.
@@ -218,12 +235,19 @@ class Lion(Optimizer):
         including a complex or meta-device tensor, and a zero lr with ``decouple_lr=True`` and no
         ``max_lr``.
       RuntimeError: ``foreach=True`` with ``fused=True``; ``max_lr`` without ``decouple_lr``;
-        ``momentum_dtype`` for complex parameters.
+        ``momentum_dtype`` for complex parameters; ``momentum_dtype="int8"`` or
+        ``stochastic_rounding=True`` (bfloat16) for DTensor parameters (FSDP2), whose local shards
+        do not have the whole tensor's blocks and flat indices (the error names the parameter).
 
     Notes:
       Gradients are read, never written, also under ``torch.amp.GradScaler``, whose scale and
       inf check ``step`` applies itself. Parameters whose gradient is ``None`` are skipped and get
       no state. Complex parameters are updated as pairs of reals. Sparse gradients are refused.
+      With ``momentum_dtype="int8"`` or ``stochastic_rounding``, the state also holds ``step``,
+      which a parameter without a gradient, or a step that GradScaler skips, leaves unchanged; a
+      fused kernel without a routine for these formats hands their tensors to the single-tensor
+      path (one ``lion_core.FallbackWarning``). ``load_state_dict`` refuses a state saved with the
+      other momentum format (``lion_core.mismatched_state``) instead of converting it.
 
     Example:
       >>> import torch
@@ -236,6 +260,11 @@ class Lion(Optimizer):
       >>> opt.zero_grad()
       >>> sorted(opt.state[model.weight])
       ['exp_avg']
+      >>> small = Lion(model.parameters(), lr=1e-4, momentum_dtype="int8", seed=0)  # 8-bit momentum
+      >>> model(torch.ones(8, 4)).pow(2).mean().backward()
+      >>> small.step()
+      >>> sorted(small.state[model.weight]), small.state[model.weight]["exp_avg"].dtype
+      (['exp_avg', 'exp_avg_scales', 'step'], torch.int8)
 
     References:
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.

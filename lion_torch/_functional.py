@@ -332,7 +332,7 @@ def _foreach_lion(
     if scales is not None or param_keys is not None:
         n = len(params)
         formats = list(zip(_entries(scales, n), _entries(momentum_keys, n), _entries(param_keys, n)))
-        formatted = [i for i, (scale, _, param_key) in enumerate(formats) if (scale, param_key) != (None, None)]
+        formatted = [i for i, (scale, _, key) in enumerate(formats) if scale is not None or key is not None]
         if formatted:
             _foreach_formatted(*_pick(formatted, params, grads, exp_avgs), [formats[i] for i in formatted],
                                **hyper)
@@ -397,7 +397,8 @@ def _foreach_formatted(
         for i in indices:
             param, exp_avg, (scale, _, param_key) = params[i], exp_avgs[i], formats[i]
             # in the compute dtype, so the results are encoded and rounded from it, as by _single_tensor_lion
-            dtype = _compute_dtype(param.dtype, grads[i].dtype, torch.float32 if scale is not None else exp_avg.dtype)
+            momentum_dtype = torch.float32 if scale is not None else exp_avg.dtype
+            dtype = _compute_dtype(param.dtype, grads[i].dtype, momentum_dtype)
             work_params.append(param if param_key is None else param.to(dtype))
             work_exp_avgs.append(exp_avg if scale is None else _formats.decode(exp_avg, scale, dtype))
         _foreach_update(
@@ -564,7 +565,8 @@ def _pick(indices: Sequence[int], *lists: list[Tensor]) -> list[list[Tensor]]:
 
 def _pick_formats(indices: Sequence[int], formats: dict[str, Keys[Any]]) -> dict[str, Keys[Any]]:
     """The state formats' lists (``scales``, ``momentum_keys``, ``param_keys``) at ``indices``."""
-    return {name: None if values is None else [values[i] for i in indices] for name, values in formats.items()}
+    return {name: None if values is None else [values[i] for i in indices]
+            for name, values in formats.items()}
 
 
 def _describe(i: int, param: Tensor) -> str:

@@ -133,7 +133,8 @@ def _format_name(momentum_dtype: object) -> str:
     """How a group's momentum format is named in a mismatch error."""
     if _is_int8(momentum_dtype):
         return "momentum_dtype='int8', the 8-bit momentum this optimizer was built with"
-    return f"a floating-point momentum (momentum_dtype={_momentum_dtype_name(momentum_dtype)!r}), as this optimizer was built"
+    name = _momentum_dtype_name(momentum_dtype)
+    return f"a floating-point momentum (momentum_dtype={name!r}), as this optimizer was built"
 
 
 def _formatted(spec: lion_core.StateSpec) -> bool:
@@ -419,7 +420,8 @@ class Lion(Optimizer):
         The random bits' keys: ``t`` is the parameter's position over all groups (``offset`` + its
         index in the group, as ``state_dict`` numbers it), ``step`` its own count of updates.
         """
-        if not _STRIDED_ONLY.issuperset(map(_LAYOUT, (p.grad for p in group["params"] if p.grad is not None))):
+        layouts = (p.grad.layout for p in group["params"] if p.grad is not None)
+        if not _STRIDED_ONLY.issuperset(layouts):
             self._refuse_sparse(group)
         seed = group["seed"]
         derive = lion_core.derive_seed if torch.compiler.is_compiling() else _tensor_seed
@@ -459,7 +461,9 @@ class Lion(Optimizer):
         return scales, momentum_keys, param_keys, counted
 
     @staticmethod
-    def _init_state(p: Tensor, group: Mapping[str, Any], spec: lion_core.StateSpec, state: dict[str, Any]) -> None:
+    def _init_state(
+        p: Tensor, group: Mapping[str, Any], spec: lion_core.StateSpec, state: dict[str, Any]
+    ) -> None:
         """A fresh state in ``spec``'s formats (``exp_avg``; with a format, ``step``; int8 codes
         shaped like ``p`` and float32 ``exp_avg_scales``, one per block of the flattened ``p``)."""
         if isinstance(spec.momentum, lion_core.BlockwiseInt8):
@@ -593,7 +597,8 @@ class Lion(Optimizer):
             len(s["params"]) == len(g["params"]) for s, g in zip(saved_groups, groups)
         ):
             for i, (saved, group) in enumerate(zip(saved_groups, groups)):
-                if "momentum_dtype" in saved and _is_int8(saved["momentum_dtype"]) != _is_int8(group["momentum_dtype"]):
+                saved_int8 = _is_int8(saved.get("momentum_dtype"))
+                if "momentum_dtype" in saved and saved_int8 != _is_int8(group["momentum_dtype"]):
                     raise lion_core.mismatched_state(
                         f"state_dict['param_groups'][{i}]['momentum_dtype']",
                         _format_name(group["momentum_dtype"]),
@@ -637,7 +642,8 @@ class Lion(Optimizer):
         if not isinstance(value, Mapping) or (value and list(keys) not in allowed):
             expected = f"{list(_STATE_KEYS)}, the state Lion keeps (is it another optimizer's?)"
             if int8:
-                expected = f"{sorted(_INT8_STATE_KEYS)}, the state of Lion's int8 momentum (is it another optimizer's?)"
+                expected = (f"{sorted(_INT8_STATE_KEYS)}, the state of Lion's int8 momentum "
+                            "(is it another optimizer's?)")
             raise lion_core.invalid_value(f"{name}.keys()", expected, keys)
         if not value:
             return None
@@ -650,7 +656,7 @@ class Lion(Optimizer):
                 name,
                 "an int8 momentum (int8 `exp_avg` codes and float32 `exp_avg_scales`), as "
                 "momentum_dtype='int8' keeps it" if int8 else "a floating-point momentum `exp_avg`",
-                f"an int8 momentum with `exp_avg_scales`" if saved_int8 else f"a {exp_avg.dtype} momentum",
+                "an int8 momentum with `exp_avg_scales`" if saved_int8 else f"a {exp_avg.dtype} momentum",
             )
         if exp_avg.shape != param.shape:
             expected = f"{tuple(param.shape)}, the shape of its parameter"
@@ -663,10 +669,14 @@ class Lion(Optimizer):
             scales = value["exp_avg_scales"]
             blocks = lion_core.INT8.blocks(param.numel())
             if exp_avg.dtype != torch.int8:
-                raise lion_core.invalid_value(f"{name}['exp_avg'].dtype", "torch.int8 (the codes)", exp_avg.dtype)
-            if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or tuple(scales.shape) != (blocks,):
-                expected = f"a float32 tensor of shape ({blocks},), one scale per block of {lion_core.INT8.block_size}"
-                received = scales if not isinstance(scales, Tensor) else f"{scales.dtype} of shape {tuple(scales.shape)}"
+                raise lion_core.invalid_value(f"{name}['exp_avg'].dtype", "torch.int8 (the codes)",
+                                              exp_avg.dtype)
+            if not (isinstance(scales, Tensor) and scales.dtype == torch.float32
+                    and tuple(scales.shape) == (blocks,)):
+                expected = (f"a float32 tensor of shape ({blocks},), one scale per block of "
+                            f"{lion_core.INT8.block_size}")
+                received = (f"{scales.dtype} of shape {tuple(scales.shape)}" if isinstance(scales, Tensor)
+                            else scales)
                 raise lion_core.invalid_value(f"{name}['exp_avg_scales']", expected, received)
             return dict(value)
         if exp_avg.is_complex() != param.is_complex():

@@ -51,8 +51,8 @@ def test_int8_momentum_and_stochastic_rounding_of_dtensors_are_refused_naming_th
     for errors in run_ranks(_construct, 2):
         assert errors["int8"] == (
             "`momentum_dtype='int8'` and `stochastic_rounding=True` are not supported for DTensor parameters "
-            "(FSDP2's fully_shard): their 8-bit blocks and random bits are defined on the whole tensor's flat "
-            "index, which a local shard does not have. Received: momentum_dtype='int8', "
+            "(FSDP2's fully_shard): their 8-bit blocks and random bits are defined on the whole tensor's "
+            "flat index, which a local shard does not have. Received: momentum_dtype='int8', "
             "stochastic_rounding=False for param_groups[0]['params'][0], a DTensor of shape (6, 4) and "
             "dtype torch.float32"
         )

@@ -139,7 +139,8 @@ def test_a_missing_gradient_leaves_the_state_and_its_count_alone(path, case):
 
 
 def _variant(name: str, **changes: object) -> cases.Case:
-    return dataclasses.replace(cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding"), id=name, **changes)
+    row = cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding")
+    return dataclasses.replace(row, id=name, **changes)
 
 
 #: The formats composed with the other options (beyond FORMAT_CASES' weight decay and cautious).
@@ -250,7 +251,8 @@ def test_given_seed_is_used_and_torch_int8_names_the_format():
     "kwargs, error, text",
     [
         ({"seed": -1}, ValueError, "Invalid `seed`: expected 0 <= seed < 2**32. Received: seed=-1"),
-        ({"seed": 2**32}, ValueError, "Invalid `seed`: expected 0 <= seed < 2**32. Received: seed=4294967296"),
+        ({"seed": 2**32}, ValueError,
+         "Invalid `seed`: expected 0 <= seed < 2**32. Received: seed=4294967296"),
         ({"seed": 1.5}, TypeError,
          "Invalid `seed`: expected an integer 0 <= seed < 2**32. Received: seed=1.5 of type float"),
         ({"seed": True}, TypeError,
@@ -273,7 +275,8 @@ def test_bad_format_options_are_refused_naming_the_argument(kwargs, error, text)
 
 
 def test_int8_momentum_of_complex_parameters_is_refused():
-    with pytest.raises(RuntimeError, match=re.escape("`momentum_dtype` cannot be set for complex parameters")):
+    text = "`momentum_dtype` cannot be set for complex parameters"
+    with pytest.raises(RuntimeError, match=re.escape(text)):
         Lion([torch.zeros(2, dtype=torch.complex64, requires_grad=True)], momentum_dtype="int8")
 
 
@@ -440,7 +443,8 @@ def test_grad_scaler_skip_leaves_codes_scales_and_step_alone(path):
         assert_exact(p, p0, what="param after a skipped step")
         assert opt.state[p]["step"] == state["step"] == 1
         assert_exact(opt.state[p]["exp_avg"], state["exp_avg"], what="codes after a skipped step")
-        assert_exact(opt.state[p]["exp_avg_scales"], state["exp_avg_scales"], what="scales after a skipped step")
+        assert_exact(opt.state[p]["exp_avg_scales"], state["exp_avg_scales"],
+                     what="scales after a skipped step")
 
 
 class _Recorder:
@@ -484,7 +488,8 @@ def test_the_fused_path_passes_the_formats_to_the_kernel(monkeypatch):
 
         assert second["scales"][0] is opt.state[int8]["exp_avg_scales"]
         assert second["scales"][1] is opt.state[rounded]["exp_avg_scales"]
-        assert second["momentum_keys"] == [key(lion_core.MOMENTUM_STREAM, 1), key(lion_core.MOMENTUM_STREAM, 2)]
+        momentum = lion_core.MOMENTUM_STREAM
+        assert second["momentum_keys"] == [key(momentum, 1), key(momentum, 2)]
         # a float32 parameter is rounded to nearest: no key; the bfloat16 one has its own
         assert second["param_keys"] == [None, key(lion_core.PARAM_STREAM, 2)]
 

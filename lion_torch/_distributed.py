@@ -173,10 +173,7 @@ class DistributedLion(Lion):
         process_group: dist.ProcessGroup | None = None,
         vote: str = "majority",
     ) -> None:
-        if not isinstance(vote, str):
-            raise lion_core.invalid_type("vote", f"one of {VOTES}", vote)
-        if vote not in VOTES:
-            raise lion_core.invalid_value("vote", f"one of {VOTES}", vote)
+        lion_core.check_choice(vote, VOTES, "vote")
         if not dist.is_available() or not dist.is_initialized():
             raise lion_core.incompatible(
                 "DistributedLion needs an initialized process group: call "

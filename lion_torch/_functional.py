@@ -11,7 +11,10 @@ signature and compute ``lion_core``'s rule:
   ``_single_tensor_lion``, other tensor subclasses to ``_foreach_lion``, each detour with a warning.
 
 The caller (``lion_torch.Lion.step``) passes the tensors of one parameter group whose gradient is
-not ``None``; complex tensors are updated as pairs of reals through ``torch.view_as_real``.
+not ``None``; complex tensors are updated as pairs of reals through ``torch.view_as_real``. State
+formats (``lion_core.state_spec``: an int8 momentum with its block scales, a stochastically
+rounded bfloat16 parameter) come as the kernels' contract takes them, ``scales``,
+``momentum_keys`` and ``param_keys``; every path implements them with ``lion_torch._formats``.
 """
 
 from __future__ import annotations

@@ -186,6 +186,25 @@ def test_float64_parameters_with_int8_momentum(path):
         assert_exact(opt.state[p]["exp_avg_scales"], expected.stored[i].scales, what=f"scales {i}")
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_groups_and_memory_layouts_do_not_change_the_bits(path):
+    """The tensor index counts over all groups, and the element index is the logical flat index:
+    parameters split over two groups, one of them channels_last, end with the reference's bits."""
+    case = cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding")
+    shapes = ((2, 3, 5, 7), (300,), (4, 3, 2, 2))
+    problem = cases.problem(case, margin=True, shapes=shapes, missing=None)
+    params = [tensor(x, torch.bfloat16, True) for x in problem.init]
+    params[0] = params[0].detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    assert not params[0].is_contiguous()
+    options = format_options(case, path)
+    opt = Lion([{"params": params[:1]}, {"params": params[1:]}], **options)
+    for step_grads in problem.grads:
+        for p, g in zip(params, step_grads):
+            p.grad = tensor(g, torch.bfloat16)
+        opt.step()
+    assert_matches(case, params, opt, cases.reference(case, problem))
+
+
 def test_int8_state_takes_about_one_byte_per_element():
     p = torch.zeros(1 << 16, requires_grad=True)
     opt = Lion([p], momentum_dtype="int8", seed=0)

@@ -437,6 +437,14 @@ class Lion(Optimizer):
             state = self.state[p]
             if "exp_avg" not in state:
                 self._init_state(p, group, spec, state)
+            elif isinstance(spec.momentum, lion_core.BlockwiseInt8) != ("exp_avg_scales" in state):
+                # the group's momentum_dtype was changed after its state was created
+                raise lion_core.mismatched_state(
+                    f"state of param_groups[{self._group_index(group)}]['params'][{j}]",
+                    f"the format of momentum_dtype={_momentum_dtype_name(group['momentum_dtype'])!r}",
+                    "an int8 momentum" if "exp_avg_scales" in state
+                    else f"a {state['exp_avg'].dtype} momentum",
+                )
             params.append(p)
             grads.append(grad)
             exp_avgs.append(state["exp_avg"])

@@ -416,6 +416,19 @@ def test_a_float_state_is_refused_by_an_int8_optimizer():
         opt.load_state_dict(saved)
 
 
+def test_changing_a_groups_momentum_format_after_its_state_exists_is_refused():
+    opt = _trained(None)
+    opt.param_groups[0]["momentum_dtype"] = "int8"
+    opt.param_groups[0]["seed"] = 0
+    (p,) = opt.param_groups[0]["params"]
+    p.grad = torch.ones(7)
+    with pytest.raises(TypeError, match=re.escape(
+        "Invalid `state of param_groups[0]['params'][0]`: expected the format of momentum_dtype='int8'. "
+        "Received: a torch.float32 momentum; build the optimizer"
+    )):
+        opt.step()
+
+
 def test_a_damaged_int8_state_is_refused():
     saved = _through_disk(_trained("int8", seed=0).state_dict())
     saved["state"][0]["exp_avg_scales"] = saved["state"][0]["exp_avg_scales"].double()

@@ -264,7 +264,8 @@ class Lion(Optimizer):
       >>> small = Lion(model.parameters(), lr=1e-4, momentum_dtype="int8", seed=0)  # 8-bit momentum
       >>> model(torch.ones(8, 4)).pow(2).mean().backward()
       >>> small.step()
-      >>> sorted(small.state[model.weight]), small.state[model.weight]["exp_avg"].dtype
+      >>> state = small.state[model.weight]
+      >>> sorted(state), state["exp_avg"].dtype
       (['exp_avg', 'exp_avg_scales', 'step'], torch.int8)
 
     References:

@@ -138,8 +138,10 @@ def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], l
     param_keys: list[Any] = [None] * len(variables)
     if optimizer._seed is not None:
         seed = optimizer._seed_value()
-        step = _python_int(optimizer.iterations)  # the updates made before this one
+
         def key(stream: int, t: int) -> int:
+            # The variable's own step: the updates it has had before this one.
+            step = _python_int(optimizer._steps[t])
             return lion_core.step_key(lion_core.derive_seed(seed, stream, t), step)
 
         for j, (t, spec) in enumerate(zip(indices, specs)):
@@ -195,6 +197,10 @@ def _fused_update(
             **formats,
         )
         handed_back = [indices[j] for j in untouched]
+        for i in sorted(set(indices) - set(handed_back)):  # stepped by the kernel: count the update
+            steps = optimizer._steps[optimizer._get_variable_index(variables[i])]
+            if steps is not None:
+                steps.value.add_(1)
         for formatted, path in ((False, "the foreach update"), (True, "lion_keras.Lion.update_step")):
             some = [i for i in handed_back if optimizer._has_formats(variables[i]) == formatted]
             if not some:

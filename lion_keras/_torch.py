@@ -14,6 +14,7 @@ per operation instead of one per operation and variable, as in Keras' own PyTorc
 from __future__ import annotations
 
 import importlib
+import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from types import ModuleType
@@ -128,6 +129,13 @@ def _scalar(value: Any, dtype: torch.dtype) -> float:
     return float(torch.as_tensor(ops.convert_to_tensor(value), dtype=dtype).item())
 
 
+def _reference_beta(beta: Any, dtype: torch.dtype) -> float:
+    """A beta as ``lion_core.reference`` takes it: a Python number as given (the kernel forms
+    ``1 - beta`` from it, as ``Lion._formatted_step`` does), a tensor rounded to the compute dtype."""
+    value = beta() if callable(beta) else beta
+    return float(value) if isinstance(value, numbers.Real) else _scalar(value, dtype)
+
+
 def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
     """Per variable: its int8 momentum's scales tensor, and the step keys of its codes' and its own
     stochastic rounding (``lion_core.step_key``; ``None`` where the variable has no such format)."""
@@ -162,21 +170,25 @@ def _fused_update(
     scales, momentum_keys, param_keys = _format_keys(optimizer, variables)
     # Stochastically rounded variables are decayed by the kernel, before their one rounding.
     decays = [k is not None and optimizer._decays_in_step(v) for k, v in zip(param_keys, variables)]
-    batches: dict[tuple[torch.device, str, bool], list[int]] = defaultdict(list)
+    batches: dict[tuple[torch.device, str, bool, bool], list[int]] = defaultdict(list)
     rest: list[int] = []
     for i, (variable, grad, momentum, param) in enumerate(zip(variables, grads, momentums, params)):
         if not all(type(t) in _PLAIN_TYPES for t in (param, reals[i], moms[i])):
             rest.append(i)  # a tensor subclass: a kernel must never receive its pointer
             continue
         name = lion_core.compute_dtype(_dtype(variable), _dtype(grad), _dtype(momentum))
-        batches[(param.device, name, decays[i])].append(i)
-    for (device, name, decay), indices in batches.items():
+        formatted = optimizer._has_formats(variable)
+        batches[(param.device, name, decays[i], formatted)].append(i)
+    for (device, name, decay, formatted), indices in batches.items():
         kernel = _kernel(device.type)
         if kernel is None:
             rest.extend(indices)
             continue
         dtype = _TORCH_DTYPES[name]
-        beta_1, beta_2 = (_scalar(beta, dtype) for beta in optimizer._betas(name))
+        if formatted:  # 1 - beta as lion_core.reference forms it, so that the codes match it
+            beta_1, beta_2 = (_reference_beta(b, dtype) for b in (optimizer.beta_1, optimizer.beta_2))
+        else:
+            beta_1, beta_2 = (_scalar(beta, dtype) for beta in optimizer._betas(name))
         formats: dict[str, Any] = {}
         for key, values in (("scales", scales), ("momentum_keys", momentum_keys), ("param_keys", param_keys)):
             if any(values[i] is not None for i in indices):

@@ -2,7 +2,7 @@
  * Lion for CPU tensors: one pass over every tensor of a parameter group in one call.
  *
  * Built when lionkit is installed, as the extension module lion_kernels._cpu_lion (setup.py); the
- * Python launcher is kernels/cpu_lion.py, which calls the two functions whose addresses the module
+ * Python launcher is kernels/cpu_lion.py, which calls the functions whose addresses the module
  * exports. The math is lion_core/_rule.py, in the same operation order, so that the fp32 and fp64
  * kernels match lion_core.reference bit for bit:
  *
@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LIONKIT_CPU_ABI 2
+#define LIONKIT_CPU_ABI 3
 
 /* (param, grad, momentum) dtype triples, numbered as lion_kernels._contract.triple_code does:
  * 16 * param + 4 * grad + momentum, with float32 = 0, bfloat16 = 1, float16 = 2, float64 = 3. */
@@ -297,7 +297,312 @@ static int lionkit_cpu_lion(int kind, int64_t n, const int64_t *table, const dou
 }
 
 /*
- * The Python module: no Python-callable functions, only the addresses of the two entry points
+ * State formats (lion_core.state_spec; the routine of lionkit_cpu_lion_stored): an 8-bit blockwise
+ * momentum (lion_core.INT8) and bfloat16 parameters stored by stochastic rounding, per tensor, with
+ * the float formats of the routines above in the same call (one plan, one cautious count, one
+ * update). Per block of INT8_BLOCK elements of the flattened tensor, in float32:
+ *
+ *   m      = code * scale                                    (decode: one rounding)
+ *   p, m'  = the Lion step above, same operation order
+ *   p      = bf16: nearest (bf16_store) or stochastic (bf16_store_stochastic, param key)
+ *   scale' = absmax(m') * INV_CODE_MAX                       (NaN if a NaN is in the block)
+ *   y      = m' * (1 / (scale' == 0 ? 1 : scale'))
+ *   code   = clip(floor(y) + (u < y - floor(y)), -127, 127), NaN -> 0;  u = (bits >> 8) * 2^-24
+ *
+ * which is BlockwiseInt8.encode's sequence of correctly rounded float32 operations (no FMA: the
+ * file is built with -ffp-contract=off), so codes and scales equal lion_core's bit for bit. The
+ * random bits are lion_core.counter_hash: bits = mix32(mix32(index ^ key) + key) for the step key
+ * `key` (from the host: step_key(derive_seed(seed, stream, tensor), step)) and the element's flat
+ * index modulo 2^32. Tensors start on block boundaries of the index space (the host pads each
+ * tensor's offset to a multiple of INT8_BLOCK) and chunks are whole blocks, so one thread owns
+ * each block.
+ */
+#define INT8_BLOCK 256
+enum { SK_P_BF16 = 1, SK_M_BF16 = 2, SK_M_INT8 = 4, SK_STOCHASTIC = 8 };
+/* lion_core.INV_CODE_MAX: 1/127 rounded to float32. */
+#define INV_CODE_MAX ((float)(1.0 / 127.0))
+
+INLINE uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+INLINE uint32_t element_bits(uint32_t key, uint32_t index) { return mix32(mix32(index ^ key) + key); }
+
+/* lion_core.stochastic_round_bfloat16_bits: add the top 16 random bits to the 16 dropped bits and
+ * truncate (unbiased); NaN stays NaN with its sign and high payload, made quiet. */
+INLINE uint16_t bf16_store_stochastic(float f, uint32_t random) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    uint32_t rounded = (bits + (random >> 16)) >> 16;
+    uint32_t nan = (bits | 0x00400000u) >> 16;
+    return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+INLINE float f32_from_bits(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+INLINE uint32_t abs_bits(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    return bits & 0x7fffffffu;
+}
+
+/* One block (len <= INT8_BLOCK elements starting at flat index `index`) of a tensor of kind K (SK_*,
+ * a compile-time constant at every call site, as are cautious and unscale). */
+INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64_t len, uint32_t index,
+                         uint32_t mkey, uint32_t pkey, const float *sc, int cautious, float cscale, int unscale,
+                         float direction, const int K) {
+    uint16_t *restrict p16 = (uint16_t *)pv;
+    float *restrict p32 = (float *)pv;
+    const uint16_t *restrict g16 = (const uint16_t *)gv;
+    const float *restrict g32 = (const float *)gv;
+    int8_t *restrict m8 = (int8_t *)mv;
+    uint16_t *restrict m16 = (uint16_t *)mv;
+    float *restrict m32 = (float *)mv;
+    const float beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1];
+    const float beta2 = sc[S_BETA2], omb2 = sc[S_ONE_MINUS_BETA2];
+    const float lr = sc[S_LR], decay = sc[S_DECAY], grad_scale = sc[S_GRAD_SCALE];
+    const float old_scale = (K & SK_M_INT8) ? *scale : 0.0f;
+    float fresh[INT8_BLOCK];
+    uint32_t largest = 0;
+    for (int64_t i = 0; i < len; ++i) {
+        float gi = (K & SK_P_BF16) ? bf16_load(g16[i]) : g32[i];
+        if (unscale) gi = gi / grad_scale;
+        gi = gi * direction;
+        const float mi = (K & SK_M_INT8) ? (float)m8[i] * old_scale : (K & SK_M_BF16) ? bf16_load(m16[i]) : m32[i];
+        const float c = beta1 * mi + omb1 * gi;
+        float u = ((c > 0.0f ? 1.0f : 0.0f) - (c < 0.0f ? 1.0f : 0.0f)) + (c - c);
+        if (cautious) {
+            const float mask = u * gi > 0.0f ? u * u : 0.0f;
+            u = u * mask * cscale;
+        }
+        const float pi = (K & SK_P_BF16) ? bf16_load(p16[i]) : p32[i];
+        const float new_p = pi * decay - lr * u;
+        if (K & SK_STOCHASTIC) p16[i] = bf16_store_stochastic(new_p, element_bits(pkey, index + (uint32_t)i));
+        else if (K & SK_P_BF16) p16[i] = bf16_store(new_p);
+        else p32[i] = new_p;
+        const float new_m = beta2 * mi + omb2 * gi;
+        if (K & SK_M_INT8) {
+            fresh[i] = new_m;
+            /* Largest magnitude on the bit patterns: NaN patterns exceed infinity's, so a NaN in the
+             * block makes the scale NaN, as NumPy's max does. */
+            const uint32_t a = abs_bits(new_m);
+            largest = a > largest ? a : largest;
+        } else if (K & SK_M_BF16) {
+            m16[i] = bf16_store(new_m);
+        } else {
+            m32[i] = new_m;
+        }
+    }
+    if (K & SK_M_INT8) {
+        const float new_scale = f32_from_bits(largest) * INV_CODE_MAX;
+        *scale = new_scale;
+        const float inverse = 1.0f / (new_scale == 0.0f ? 1.0f : new_scale);
+        for (int64_t i = 0; i < len; ++i) {
+            /* floor(y) + (u < y - floor(y)) with integer masks, not conditionals (GCC keeps a
+             * floating conversion behind a conditional as a branch, which stops vectorisation):
+             * |y| > 128 is replaced by +-128 (codes clip to +-127 either way) and NaN by 0 (code
+             * 0), so the conversion to int32 is exact; y - floor(y) is exact for |y| <= 128. */
+            const float y = fresh[i] * inverse;
+            uint32_t bits;
+            memcpy(&bits, &y, sizeof bits);
+            const uint32_t magnitude = bits & 0x7fffffffu;
+            const uint32_t outside = -(uint32_t)(magnitude > 0x43000000u); /* |y| > 128, inf, NaN */
+            const uint32_t nan = -(uint32_t)(magnitude > 0x7f800000u);
+            bits = ((bits & ~outside) | (((bits & 0x80000000u) | 0x43000000u) & outside)) & ~nan;
+            const float clamped = f32_from_bits(bits);
+            const int32_t truncated = (int32_t)clamped;
+            const int32_t low = truncated - (int32_t)((float)truncated > clamped);
+            const float uniform = (float)(int32_t)(element_bits(mkey, index + (uint32_t)i) >> 8) * 0x1p-24f;
+            int32_t q = low + (int32_t)(uniform < clamped - (float)low);
+            q = q > 127 ? 127 : q;
+            q = q < -127 ? -127 : q;
+            m8[i] = (int8_t)q;
+        }
+    }
+}
+
+/* The cautious mask's kept entries of one block (the first pass of a cautious step). */
+INLINE int64_t stored_kept(const void *gv, const void *mv, const float *scale, int64_t len, const float *sc,
+                           int unscale, float direction, const int K) {
+    const uint16_t *restrict g16 = (const uint16_t *)gv;
+    const float *restrict g32 = (const float *)gv;
+    const int8_t *restrict m8 = (const int8_t *)mv;
+    const uint16_t *restrict m16 = (const uint16_t *)mv;
+    const float *restrict m32 = (const float *)mv;
+    const float beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1], grad_scale = sc[S_GRAD_SCALE];
+    const float old_scale = (K & SK_M_INT8) ? *scale : 0.0f;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < len; ++i) {
+        float gi = (K & SK_P_BF16) ? bf16_load(g16[i]) : g32[i];
+        if (unscale) gi = gi / grad_scale;
+        gi = gi * direction;
+        const float mi = (K & SK_M_INT8) ? (float)m8[i] * old_scale : (K & SK_M_BF16) ? bf16_load(m16[i]) : m32[i];
+        const float c = beta1 * mi + omb1 * gi;
+        const float u = ((c > 0.0f ? 1.0f : 0.0f) - (c < 0.0f ? 1.0f : 0.0f)) + (c - c);
+        kept += u * gi > 0.0f;
+    }
+    return kept;
+}
+
+/* Element sizes of a kind's parameter (and gradient) and momentum. */
+#define P_SIZE(K) (((K) & SK_P_BF16) ? 2 : 4)
+#define M_SIZE(K) (((K) & SK_M_INT8) ? 1 : ((K) & SK_M_BF16) ? 2 : 4)
+
+/* A run of whole blocks [start, stop) of one tensor (stop may end a short last block). */
+#define DEFINE_STORED(K)                                                                                  \
+    DISPATCH static void stored_segment_##K(char *p, const char *g, char *m, float *scales, int64_t start,  \
+                                            int64_t stop, uint32_t mkey, uint32_t pkey, const float *sc,     \
+                                            int flags, float cscale) {                                       \
+        const float direction = (flags & FLAG_MAXIMIZE) ? -1.0f : 1.0f;                                      \
+        for (int64_t b = start; b < stop; b += INT8_BLOCK) {                                                 \
+            const int64_t len = stop - b < INT8_BLOCK ? stop - b : INT8_BLOCK;                               \
+            char *pb = p + b * P_SIZE(K);                                                                    \
+            const char *gb = g + b * P_SIZE(K);                                                              \
+            char *mb = m + b * M_SIZE(K);                                                                    \
+            float *sb = scales + b / INT8_BLOCK;                                                             \
+            const uint32_t index = (uint32_t)b;                                                              \
+            if (flags & FLAG_CAUTIOUS) {                                                                     \
+                if (flags & FLAG_UNSCALE)                                                                    \
+                    stored_block(pb, gb, mb, sb, len, index, mkey, pkey, sc, 1, cscale, 1, direction, K);    \
+                else stored_block(pb, gb, mb, sb, len, index, mkey, pkey, sc, 1, cscale, 0, direction, K);   \
+            } else {                                                                                         \
+                if (flags & FLAG_UNSCALE)                                                                    \
+                    stored_block(pb, gb, mb, sb, len, index, mkey, pkey, sc, 0, cscale, 1, direction, K);    \
+                else stored_block(pb, gb, mb, sb, len, index, mkey, pkey, sc, 0, cscale, 0, direction, K);   \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+                                                                                                             \
+    DISPATCH static int64_t stored_count_##K(const char *g, const char *m, const float *scales,             \
+                                             int64_t start, int64_t stop, const float *sc, int flags) {      \
+        const float direction = (flags & FLAG_MAXIMIZE) ? -1.0f : 1.0f;                                      \
+        int64_t kept = 0;                                                                                    \
+        for (int64_t b = start; b < stop; b += INT8_BLOCK) {                                                 \
+            const int64_t len = stop - b < INT8_BLOCK ? stop - b : INT8_BLOCK;                               \
+            const char *gb = g + b * P_SIZE(K);                                                              \
+            const char *mb = m + b * M_SIZE(K);                                                              \
+            const float *sb = scales + b / INT8_BLOCK;                                                       \
+            if (flags & FLAG_UNSCALE) kept += stored_kept(gb, mb, sb, len, sc, 1, direction, K);             \
+            else kept += stored_kept(gb, mb, sb, len, sc, 0, direction, K);                                  \
+        }                                                                                                    \
+        return kept;                                                                                         \
+    }
+
+/* The kinds: float32 parameters with a float32 or int8 momentum; bfloat16 parameters with a
+ * float32, bfloat16 or int8 momentum, rounded to nearest or stochastically. */
+DEFINE_STORED(0)
+DEFINE_STORED(4)
+DEFINE_STORED(1)
+DEFINE_STORED(3)
+DEFINE_STORED(5)
+DEFINE_STORED(9)
+DEFINE_STORED(11)
+DEFINE_STORED(13)
+
+typedef void (*stored_segment_fn)(char *, const char *, char *, float *, int64_t, int64_t, uint32_t, uint32_t,
+                                  const float *, int, float);
+typedef int64_t (*stored_count_fn)(const char *, const char *, const float *, int64_t, int64_t, const float *,
+                                   int);
+
+static int stored_functions(int kind, stored_segment_fn *segment, stored_count_fn *count) {
+    switch (kind) {
+#define STORED_CASE(K) case K: *segment = stored_segment_##K; *count = stored_count_##K; return 0;
+    STORED_CASE(0) STORED_CASE(4) STORED_CASE(1) STORED_CASE(3) STORED_CASE(5) STORED_CASE(9)
+    STORED_CASE(11) STORED_CASE(13)
+#undef STORED_CASE
+    default: return -2;
+    }
+}
+
+/*
+ * The stored-format entry point (count or update), for n tensors of one kind.
+ *
+ * table: 4 * n pointers (parameters, gradients, momenta, scales: 0 for a float momentum), n element
+ *   counts, then n + 1 int64 offsets of the tensors in the index space, each a multiple of
+ *   INT8_BLOCK (offsets[t + 1] - offsets[t] = numel rounded up to whole blocks).
+ * keys: 2 * n int64 step keys (momentum keys, then parameter keys; < 2^32; 0 where unused).
+ * counts: update: with FLAG_CAUTIOUS, 2 * n int64 (kept, element count) of the whole tensors;
+ *   count: n int64 outputs, the kept entries of this process's tensors.
+ * chunk: elements per work item, a multiple of INT8_BLOCK. Returns 0, -1 (no memory), -2 (unknown
+ * kind or a chunk of partial blocks).
+ */
+static int stored_run(int count_only, int kind, int64_t n, const int64_t *table, const int64_t *keys,
+                      const double *scalars, int flags, int64_t chunk, int threads, int64_t *counts) {
+    if (n <= 0) return 0;
+    stored_segment_fn segment;
+    stored_count_fn count;
+    if (stored_functions(kind, &segment, &count) != 0 || chunk <= 0 || chunk % INT8_BLOCK != 0) return -2;
+    char *const *ps = (char *const *)table;
+    const char *const *gs = (const char *const *)(table + n);
+    char *const *ms = (char *const *)(table + 2 * n);
+    float *const *ss = (float *const *)(table + 3 * n);
+    const int64_t *numels = table + 4 * n;
+    const int64_t *offsets = table + 5 * n;
+    float sc[S_COUNT];
+    for (int k = 0; k < S_COUNT; ++k) sc[k] = (float)scalars[k];
+    const int64_t total = offsets[n];
+    const int64_t chunks = (total + chunk - 1) / chunk;
+    if (count_only)
+        for (int64_t t = 0; t < n; ++t) counts[t] = 0;
+    if (chunks == 0) return 0;
+    if (threads > chunks) threads = (int)chunks;
+    if (threads < 1) threads = 1;
+    float *cscale = NULL;
+    if (!count_only && (flags & FLAG_CAUTIOUS)) {
+        cscale = (float *)malloc((size_t)n * sizeof *cscale);
+        if (cscale == NULL) return -1;
+        for (int64_t t = 0; t < n; ++t) {
+            int64_t kept = counts[2 * t], size = counts[2 * t + 1];
+            float fraction = size > 0 ? (float)((double)kept / (double)size) : 0.0f;
+            cscale[t] = 1.0f / (fraction > 0.0f ? fraction : 1.0f);
+        }
+    }
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
+    for (int64_t c = 0; c < chunks; ++c) {
+        int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;
+        for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {
+            int64_t end = offsets[t + 1] < hi ? offsets[t + 1] : hi;
+            int64_t start = lo - offsets[t];
+            int64_t stop = end - offsets[t] < numels[t] ? end - offsets[t] : numels[t];
+            if (stop > start) {
+                if (count_only) {
+                    int64_t k = count(gs[t], ms[t], ss[t], start, stop, sc, flags);
+                    _Pragma("omp atomic")
+                    counts[t] += k;
+                } else {
+                    segment(ps[t], gs[t], ms[t], ss[t], start, stop, (uint32_t)keys[t], (uint32_t)keys[n + t], sc,
+                            flags, cscale != NULL ? cscale[t] : 1.0f);
+                }
+            }
+            lo = end;
+        }
+    }
+    free(cscale);
+    return 0;
+}
+
+static int lionkit_cpu_lion_stored(int kind, int64_t n, const int64_t *table, const int64_t *keys,
+                                   const double *scalars, int flags, int64_t chunk, int threads,
+                                   int64_t *counts) {
+    return stored_run(0, kind, n, table, keys, scalars, flags, chunk, threads, counts);
+}
+
+static int lionkit_cpu_count_stored(int kind, int64_t n, const int64_t *table, const int64_t *keys,
+                                    const double *scalars, int flags, int64_t chunk, int threads,
+                                    int64_t *kept) {
+    return stored_run(1, kind, n, table, keys, scalars, flags, chunk, threads, kept);
+}
+
+/*
+ * The Python module: no Python-callable functions, only the addresses of the four entry points
  * (called through ctypes, which releases the GIL for the call) and the ABI number the launcher
  * checks. Importing it is how the launcher loads the library: a file that is not a loadable shared
  * object raises ImportError there.
@@ -315,7 +620,9 @@ PyMODINIT_FUNC PyInit__cpu_lion(void) {
     if (m == NULL) return NULL;
     if (PyModule_AddIntConstant(m, "ABI", LIONKIT_CPU_ABI) < 0 ||
         PyModule_AddObject(m, "lion_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_lion)) < 0 ||
-        PyModule_AddObject(m, "count_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_count)) < 0) {
+        PyModule_AddObject(m, "count_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_count)) < 0 ||
+        PyModule_AddObject(m, "stored_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_lion_stored)) < 0 ||
+        PyModule_AddObject(m, "count_stored_address", PyLong_FromVoidPtr((void *)&lionkit_cpu_count_stored)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

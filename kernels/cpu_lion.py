@@ -24,8 +24,8 @@ The binary. The C source (``kernels/csrc/cpu_lion.c``) is compiled by setup.py w
 installed (``pip install``, ``pip wheel``, editable installs alike) into the extension module
 ``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off`` and OpenMP when the compiler has it.
 Nothing is compiled at training time. One binary serves every x86-64 CPU: GCC's ``target_clones``
-compiles the streaming loops for AVX-512F, AVX2 and baseline x86-64, and the dynamic loader picks
-one per process from the CPU's features. Next to the binary, the build writes its SHA-256
+compiles the streaming loops for x86-64-v4 (AVX-512 with BW and VL; AVX-512F before GCC 12), AVX2
+and baseline x86-64, and the dynamic loader picks one per process from the CPU's features. Next to the binary, the build writes its SHA-256
 (``_cpu_lion.sha256``).
 
 Loading. :func:`unavailable_reason` only looks for the binary (``importlib.util.find_spec``); the

@@ -18,8 +18,9 @@
  * are ignored and the kernel runs on one thread. No OpenMP runtime functions are called, so the
  * module links without libgomp when the compiler has no OpenMP.
  *
- * Instruction sets: one binary serves every x86-64 CPU. The streaming loops (segment_* and count_*)
- * are compiled three times by GCC's target_clones (AVX-512F, AVX2, baseline x86-64); the dynamic
+ * Instruction sets: one binary serves every x86-64 CPU. The streaming loops (segment_*, count_* and
+ * stored_*) are compiled three times by GCC's target_clones (x86-64-v4, i.e. AVX-512 with BW and VL,
+ * from GCC 12, AVX-512F before; AVX2; baseline x86-64); the dynamic
  * loader picks one per process from the CPU's features (an ifunc resolver, run once at load).
  * Elsewhere (other architectures, compilers without the attribute) they are compiled once, for the
  * baseline of the target.
@@ -51,7 +52,13 @@ enum { S_BETA1, S_ONE_MINUS_BETA1, S_BETA2, S_ONE_MINUS_BETA2, S_LR, S_DECAY, S_
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
+#if __GNUC__ >= 12
+/* x86-64-v4 (AVX-512 F, BW, VL, DQ, CD): the bfloat16 and int8 conversions need BW and VL to run
+ * on 512-bit vectors (with F alone GCC falls back to 256-bit shuffles). */
+#define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
 #define DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #endif
 #endif
 #ifndef DISPATCH
@@ -370,9 +377,10 @@ INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64
     const float beta2 = sc[S_BETA2], omb2 = sc[S_ONE_MINUS_BETA2];
     const float lr = sc[S_LR], decay = sc[S_DECAY], grad_scale = sc[S_GRAD_SCALE];
     const float old_scale = (K & SK_M_INT8) ? *scale : 0.0f;
+    const int32_t count = (int32_t)len; /* <= INT8_BLOCK: 32-bit lanes for the index */
     float fresh[INT8_BLOCK];
     uint32_t largest = 0;
-    for (int64_t i = 0; i < len; ++i) {
+    for (int32_t i = 0; i < count; ++i) {
         float gi = (K & SK_P_BF16) ? bf16_load(g16[i]) : g32[i];
         if (unscale) gi = gi / grad_scale;
         gi = gi * direction;
@@ -405,7 +413,7 @@ INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64
         const float new_scale = f32_from_bits(largest) * INV_CODE_MAX;
         *scale = new_scale;
         const float inverse = 1.0f / (new_scale == 0.0f ? 1.0f : new_scale);
-        for (int64_t i = 0; i < len; ++i) {
+        for (int32_t i = 0; i < count; ++i) {
             /* floor(y) + (u < y - floor(y)) with integer masks, not conditionals (GCC keeps a
              * floating conversion behind a conditional as a branch, which stops vectorisation):
              * |y| > 128 is replaced by +-128 (codes clip to +-127 either way) and NaN by 0 (code
@@ -439,8 +447,9 @@ INLINE int64_t stored_kept(const void *gv, const void *mv, const float *scale, i
     const float *restrict m32 = (const float *)mv;
     const float beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1], grad_scale = sc[S_GRAD_SCALE];
     const float old_scale = (K & SK_M_INT8) ? *scale : 0.0f;
+    const int32_t count = (int32_t)len;
     int64_t kept = 0;
-    for (int64_t i = 0; i < len; ++i) {
+    for (int32_t i = 0; i < count; ++i) {
         float gi = (K & SK_P_BF16) ? bf16_load(g16[i]) : g32[i];
         if (unscale) gi = gi / grad_scale;
         gi = gi * direction;

@@ -289,15 +289,18 @@ def test_the_binary_is_the_installed_extension_and_loads_lazily():
 
 
 def test_the_binary_dispatches_on_the_instruction_set():
-    """One binary for every x86-64 CPU: AVX-512F, AVX2 and baseline copies of the loops, picked by
-    an ifunc resolver when the library is loaded; never -march=native."""
+    """One binary for every x86-64 CPU: AVX-512 (x86-64-v4 from GCC 12, AVX-512F before), AVX2 and
+    baseline copies of the loops (the state-format loops too), picked by an ifunc resolver when the
+    library is loaded; never -march=native."""
     import platform
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"target_clones dispatch is built on x86-64 only; this is {platform.machine()}")
     data = Path(cpu_lion._binary()).read_bytes()  # type: ignore[arg-type]
-    for clone in (b"segment_f32.avx512f", b"segment_f32.avx2", b"segment_f32.default"):
-        assert clone in data, f"{clone!r} is missing from the binary"
+    for loop in (b"segment_f32", b"stored_segment_13"):
+        assert loop + b".arch_x86_64_v4" in data or loop + b".avx512f" in data, f"no AVX-512 copy of {loop!r}"
+        for clone in (loop + b".avx2", loop + b".default"):
+            assert clone in data, f"{clone!r} is missing from the binary"
 
 
 def test_no_binary_names_the_cause_and_lion_raises(monkeypatch):

@@ -359,6 +359,9 @@ def _stored_tile(
             inverse = tl.math.div_rn(tl.full(new_scale.shape, 1.0, tl.float32),
                                      tl.where(new_scale == 0, 1.0, new_scale))
             y = new_m * inverse[:, None]
+            # On NVIDIA GPUs floor is cvt.rmi.ftz: a subnormal y floors as +-0. The codes are the
+            # same: for y in (-2**-126, 0), floor(y) = -1 gives y - low = 1.0 (rounded) and q = 0
+            # for every u, as low = -0 gives q = 0 + (u < y) = 0; positive y floors to 0 either way.
             low = tl.floor(y)
             uniform = (_random_bits(momentum_key, offsets) >> 8).to(tl.float32) * 5.960464477539063e-08
             q = low + tl.where(uniform < y - low, 1.0, 0.0)

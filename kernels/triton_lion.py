@@ -611,19 +611,21 @@ def _compiled_variants() -> int:
     return sum(len(caches[0]) for caches in module.lion_kernel.device_caches.values())
 
 
-def _compile_for_inspection(arch: int = 90, **constexprs: Any) -> dict[str, Any]:
+def _compile_for_inspection(arch: int = 90, *, stored: bool = False, **constexprs: Any) -> dict[str, Any]:
     """Compiles the kernel for an NVIDIA GPU of compute capability ``arch`` without needing one.
 
     Returns Triton's assembly stages (``ttir``, ``ttgir``, ``llir``, ``ptx``, ``cubin``), so tests
     and maintainers can check what the GPU will run: no FMA contraction, correctly rounded
     division, 16-byte vector accesses. Pointer arguments are assumed 16-byte aligned, as the
     launcher's tensors are; ``constexprs`` override the float32, non-cautious defaults.
+    ``stored=True`` compiles ``lion_stored_kernel`` (state formats; default: an int8 momentum).
     """
     triton = _import_triton()
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = _kernel_module(interpret=False).lion_kernel
+    module = _kernel_module(interpret=False)
+    kernel = module.lion_stored_kernel if stored else module.lion_kernel
     signature = dict(
         addresses_ptr="*i64", layout_ptr="*i64", n_tensors="i32", n_chunks="i32", counts_ptr="*i64",
         lr_ptr="*fp32", lr="fp32", decay="fp32", weight_decay="fp64", max_lr="fp64", beta1="fp32",
@@ -635,6 +637,11 @@ def _compile_for_inspection(arch: int = 90, **constexprs: Any) -> dict[str, Any]
         CAUTIOUS=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False, COUNT_ONLY=False, ALIGNED=True,
         BLOCK=BLOCK, CHUNK=CHUNK,
     )
+    if stored:
+        signature = {"addresses_ptr": "*i64", "layout_ptr": "*i64", "keys_ptr": "*i64", **{
+            k: v for k, v in signature.items() if k not in ("addresses_ptr", "layout_ptr")}}
+        del values["ALIGNED"], values["BLOCK"]
+        values.update(M_KIND=_INT8_KIND, STOCHASTIC=False, ROWS=_ROWS)
     values.update(constexprs)
     signature.update({name: "constexpr" for name in values})
     attrs = {

@@ -361,6 +361,34 @@ INLINE uint32_t abs_bits(float f) {
     return bits & 0x7fffffffu;
 }
 
+/* The codes of one block: clip(floor(y) + (u < y - floor(y)), -127, 127) for y = m' * inverse, NaN
+ * -> 0 (lion_core.BlockwiseInt8.encode), with integer masks rather than conditionals (GCC keeps a
+ * floating conversion behind a conditional as a branch, which stops vectorisation). Unless
+ * `bounded` (|y| <= 128 known), |y| > 128 is replaced by +-128 (the codes clip to +-127 either way)
+ * and NaN by 0 (code 0) first, so the conversion to int32 is exact; y - floor(y) is exact. */
+INLINE void encode_codes(const float *restrict fresh, int8_t *restrict m8, int32_t count, float inverse,
+                         uint32_t mkey, uint32_t index, const int bounded) {
+    for (int32_t i = 0; i < count; ++i) {
+        float y = fresh[i] * inverse;
+        if (!bounded) {
+            uint32_t bits;
+            memcpy(&bits, &y, sizeof bits);
+            const uint32_t magnitude = bits & 0x7fffffffu;
+            const uint32_t outside = -(uint32_t)(magnitude > 0x43000000u); /* |y| > 128, inf, NaN */
+            const uint32_t nan = -(uint32_t)(magnitude > 0x7f800000u);
+            bits = ((bits & ~outside) | (((bits & 0x80000000u) | 0x43000000u) & outside)) & ~nan;
+            y = f32_from_bits(bits);
+        }
+        const int32_t truncated = (int32_t)y;
+        const int32_t low = truncated - (int32_t)((float)truncated > y);
+        const float uniform = (float)(int32_t)(element_bits(mkey, index + (uint32_t)i) >> 8) * 0x1p-24f;
+        int32_t q = low + (int32_t)(uniform < y - (float)low);
+        q = q > 127 ? 127 : q;
+        q = q < -127 ? -127 : q;
+        m8[i] = (int8_t)q;
+    }
+}
+
 /* One block (len <= INT8_BLOCK elements starting at flat index `index`) of a tensor of kind K (SK_*,
  * a compile-time constant at every call site, as are cautious and unscale). */
 INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64_t len, uint32_t index,
@@ -413,27 +441,11 @@ INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64
         const float new_scale = f32_from_bits(largest) * INV_CODE_MAX;
         *scale = new_scale;
         const float inverse = 1.0f / (new_scale == 0.0f ? 1.0f : new_scale);
-        for (int32_t i = 0; i < count; ++i) {
-            /* floor(y) + (u < y - floor(y)) with integer masks, not conditionals (GCC keeps a
-             * floating conversion behind a conditional as a branch, which stops vectorisation):
-             * |y| > 128 is replaced by +-128 (codes clip to +-127 either way) and NaN by 0 (code
-             * 0), so the conversion to int32 is exact; y - floor(y) is exact for |y| <= 128. */
-            const float y = fresh[i] * inverse;
-            uint32_t bits;
-            memcpy(&bits, &y, sizeof bits);
-            const uint32_t magnitude = bits & 0x7fffffffu;
-            const uint32_t outside = -(uint32_t)(magnitude > 0x43000000u); /* |y| > 128, inf, NaN */
-            const uint32_t nan = -(uint32_t)(magnitude > 0x7f800000u);
-            bits = ((bits & ~outside) | (((bits & 0x80000000u) | 0x43000000u) & outside)) & ~nan;
-            const float clamped = f32_from_bits(bits);
-            const int32_t truncated = (int32_t)clamped;
-            const int32_t low = truncated - (int32_t)((float)truncated > clamped);
-            const float uniform = (float)(int32_t)(element_bits(mkey, index + (uint32_t)i) >> 8) * 0x1p-24f;
-            int32_t q = low + (int32_t)(uniform < clamped - (float)low);
-            q = q > 127 ? 127 : q;
-            q = q < -127 ? -127 : q;
-            m8[i] = (int8_t)q;
-        }
+        /* A normal, finite scale (every block but degenerate ones) bounds |y| by 127 (1 + 4 eps):
+         * the codes need no guard against NaN, infinity or overflow. */
+        const uint32_t scale_bits = abs_bits(new_scale);
+        if (scale_bits >= 0x00800000u && scale_bits < 0x7f800000u) encode_codes(fresh, m8, count, inverse, mkey, index, 1);
+        else encode_codes(fresh, m8, count, inverse, mkey, index, 0);
     }
 }
 

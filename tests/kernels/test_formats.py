@@ -298,3 +298,53 @@ def test_scales_given_for_a_float_momentum_raise(kernel):
     with pytest.raises(KernelError, match=r"`momentum_keys\[0\]` is given without `scales\[0\]`"):
         kernel.lion_([p], [torch.ones(4)], [m], **HYPER, momentum_keys=[1])
     assert torch.equal(p, torch.ones(4)) and not m.any()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(),
+        dict(P_KIND=1, G_KIND=1, STOCHASTIC=True, CAUTIOUS=True, LR_ON_DEVICE=True, DECOUPLED=True,
+             HAS_GRAD_SCALE=True, HAS_FOUND_INF=True),
+    ],
+    ids=["int8", "bf16_stochastic_int8_everything"],
+)
+def test_gpu_code_of_the_formats_rounds_like_the_reference(variant):
+    """sm_90 PTX of ``lion_stored_kernel`` (no GPU needed): it compiles; no fused multiply-add, no
+    approximate division; the one flush-to-zero instruction is the floor of the codes, whose
+    result does not change a code (see the kernel's comment; subnormal y is tested on the CPU)."""
+    import re
+
+    try:
+        ptx = triton_lion._compile_for_inspection(90, stored=True, **variant)["ptx"]
+    except Exception as error:  # no NVIDIA backend in this Triton build
+        if "cuda" in str(error).lower() and "backend" in str(error).lower():
+            pytest.skip(f"Triton cannot compile for NVIDIA here: {error}")
+        raise
+    ops = re.findall(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.]*)", ptx, re.M)
+    assert not [op for op in ops if op.startswith("fma") or ".approx" in op or ".full" in op]
+    assert {op for op in ops if ".ftz" in op} == {"cvt.rmi.ftz.f32.f32"}
+    assert "div.rn.f32" in ops and "max.u32" in ops and "st.global.b8" in ops
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_subnormal_and_degenerate_blocks(kernel):
+    """Blocks whose scale is 0 or subnormal, and tiny entries beside large ones (subnormal y):
+    codes and scales as lion_core encodes them."""
+    g = np.zeros(1024, np.float32)
+    g[:256] = np.float32(2.0**-149) * (np.arange(256) % 81 - 40).astype(np.float32)  # scale rounds to 0
+    g[256:512] = np.float32(2.0**-120) * np.sign(np.arange(256) - 127.5)  # a subnormal scale
+    g[512:768] = np.float32(1.0)
+    g[512:768:2] = -np.float32(2.0**-137)  # subnormal y beside a large entry
+    g[768:] = np.float32(-1e30)
+    p, m, s = torch.zeros(1024), torch.zeros(1024, dtype=torch.int8), torch.zeros(4)
+    grads = torch.from_numpy(g / np.float32(0.01))  # the new momentum (1 - beta2) g is about g
+    hyper = dict(HYPER, weight_decay=0.0)
+    assert kernel.lion_([p], [grads], [m], **hyper, scales=[s], momentum_keys=[77]) == []
+    _, new_m = reference_step(np.zeros(1024), grads.numpy(), np.zeros(1024), dtype=np.float32, **hyper)
+    codes, scales = INT8.encode(new_m, _bits(77, 1024), xp=np)
+    assert scales[0] == 0 and 0 < scales[1] < np.finfo(np.float32).tiny and np.isfinite(scales).all()
+    assert (new_m[512:768:2] < 0).all() and (new_m[512:768:2] * 127 > -np.finfo(np.float32).tiny).all()
+    cases.assert_exact(m.numpy(), codes, what="codes")
+    cases.assert_exact(s, scales, what="scales")

@@ -20,6 +20,18 @@ so float32 and float64 results equal ``lion_core.reference.reference_lion(..., d
 bit. bfloat16 parameters and gradients (with a float32 or bfloat16 momentum) are widened to float32,
 updated in float32 and rounded once, to nearest even (NaN stored as torch stores it, ``0x7fc0``).
 
+State formats (``lion_core.state_spec``; ``scales``, ``momentum_keys``, ``param_keys``): a call with
+an int8 momentum (``lion_core.INT8``: codes in the momentum tensor, one float32 scale per 256
+elements of the flattened tensor) or a stochastically rounded bfloat16 parameter runs every triple
+it supports through the stored-format routine: per block, the codes are decoded (``code * scale``),
+the step above is taken, the parameter stored (bfloat16 to nearest, or stochastically with the bits
+``counter_hash`` gives for ``param_keys[i]``) and the new momentum encoded as
+``BlockwiseInt8.encode`` does (scale = absmax * INV_CODE_MAX, codes rounded stochastically with
+``momentum_keys[i]``): codes, scales and parameters equal ``lion_core.reference.reference_lion_stored``
+bit for bit. Float triples in such a call take the same routine (same bits as the float routines),
+so one cautious count and one ``cautious_reduce`` call cover the call; float64 triples are handed
+back there. Tensors start on block boundaries of the work space and chunks are whole blocks.
+
 The binary. The C source (``kernels/csrc/cpu_lion.c``) is compiled by setup.py when lionkit is
 installed (``pip install``, ``pip wheel``, editable installs alike) into the extension module
 ``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off`` and OpenMP when the compiler has it.

@@ -365,7 +365,7 @@ def _stored_tile(
             low = tl.floor(y)
             uniform = (_random_bits(momentum_key, offsets) >> 8).to(tl.float32) * 5.960464477539063e-08
             q = low + tl.where(uniform < y - low, 1.0, 0.0)
-            q = tl.where(q == q, tl.minimum(tl.maximum(q, -127.0), 127.0), 0.0)
+            q = tl.where(q == q, tl.minimum(tl.maximum(q, -127.0), 127.0), 0.0)  # noqa: PLR0124 (NaN: 0)
             tl.store(m_ptr.to(tl.pointer_type(tl.int8)) + offsets, q.to(tl.int8), mask=mask)
         else:
             _store_f32(m_ptr, offsets, new_m, mask, M_KIND, True)

@@ -37,7 +37,8 @@ installed (``pip install``, ``pip wheel``, editable installs alike) into the ext
 ``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off`` and OpenMP when the compiler has it.
 Nothing is compiled at training time. One binary serves every x86-64 CPU: GCC's ``target_clones``
 compiles the streaming loops for x86-64-v4 (AVX-512 with BW and VL; AVX-512F before GCC 12), AVX2
-and baseline x86-64, and the dynamic loader picks one per process from the CPU's features. Next to the binary, the build writes its SHA-256
+and baseline x86-64, and the dynamic loader picks one per process from the CPU's features. Next to
+the binary, the build writes its SHA-256
 (``_cpu_lion.sha256``).
 
 Loading. :func:`unavailable_reason` only looks for the binary (``importlib.util.find_spec``); the
@@ -525,7 +526,9 @@ class _StoredPlan:
             chosen = [i for i in self.updated if kinds[i] == kind]
             table = array("q")
             for column in range(4):
-                table.extend(0 if tensors[i][column] is None else tensors[i][column].data_ptr() for i in chosen)
+                table.extend(
+                    0 if tensors[i][column] is None else tensors[i][column].data_ptr() for i in chosen
+                )
             numels = [tensors[i][0].numel() for i in chosen]
             table.extend(numels)
             table.append(0)
@@ -557,7 +560,9 @@ def _lion_stored(
     refused = [i for i in range(n) if kinds[i] is None]
     tensors = [(params[i], grads[i], momenta[i], formats.scales[i]) for i in range(n)]
     key = (
-        tuple(0 if t is None or kinds[i] is None else t.data_ptr() for i, row in enumerate(tensors) for t in row),
+        tuple(
+            0 if t is None or kinds[i] is None else t.data_ptr() for i, row in enumerate(tensors) for t in row
+        ),
         tuple(None if kinds[i] is None else params[i].shape for i in range(n)),
         tuple(kinds),
     )
@@ -591,8 +596,10 @@ def _lion_stored(
         kept: dict[int, int] = {}
         for kind, chosen, table in plan.tables:
             out = array("q", bytes(8 * len(chosen)))
-            status = library.count_stored(kind, len(chosen), table.buffer_info()[0], keys[kind].buffer_info()[0],
-                                          scalars_address, flags, _CHUNK, threads, out.buffer_info()[0])
+            status = library.count_stored(
+                kind, len(chosen), table.buffer_info()[0], keys[kind].buffer_info()[0], scalars_address,
+                flags, _CHUNK, threads, out.buffer_info()[0],
+            )
             if status != 0:
                 raise MemoryError(f"the fused CPU Lion kernel's count failed with status {status}")
             kept.update(zip(chosen, out))

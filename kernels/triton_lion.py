@@ -723,10 +723,18 @@ def _lion_stored(
     """
     n = len(params)
     supported = [_stored_supported(params[i], grads[i], momenta[i]) for i in range(n)]
+    if any(_capturing(params[i].device) for i in range(n) if supported[i]):
+        raise KernelError(
+            "The fused Lion step with state formats (int8 momentum, stochastic rounding) cannot be "
+            "captured in a CUDA graph: its step keys change every step and are copied to the device. "
+            "Run it without capture, or use float momenta and nearest rounding."
+        )
     refused = [i for i in range(n) if not supported[i]]
     _import_triton()
     rows = [(params[i], grads[i], momenta[i], formats.scales[i]) for i in range(n)]
-    pointers = tuple(0 if t is None or not supported[i] else t.data_ptr() for i, row in enumerate(rows) for t in row)
+    pointers = tuple(
+        0 if t is None or not supported[i] else t.data_ptr() for i, row in enumerate(rows) for t in row
+    )
     numels = [params[i].numel() if supported[i] else 0 for i in range(n)]
     signature = tuple(
         (params[i].dtype, grads[i].dtype, momenta[i].dtype, formats.stochastic[i]) if supported[i] else None
@@ -767,10 +775,13 @@ def _lion_stored(
                           tuple(pointers[4 * i + k] for k in range(3) for i in members), cautious, **hyper)
         # [param (T), grad (T), momentum (T), scales (T)]: 0 for a float momentum's scales.
         four = tuple(pointers[4 * i + k] for k in range(4) for i in members)
-        table = _cached(_addresses, (device, "stored", four), lambda: _build_addresses(four, device),
+        table = _cached(_addresses, (device, "stored", four),
+                        lambda four=four, device=device: _build_addresses(four, device),
                         capturing=_capturing(device))
-        keys = torch.tensor([formats.momentum_keys[i] for i in members] + [formats.param_keys[i] for i in members],
-                            dtype=torch.int64)
+        keys = torch.tensor(
+            [formats.momentum_keys[i] for i in members] + [formats.param_keys[i] for i in members],
+            dtype=torch.int64,
+        )
         arguments = dict(launch.arguments)
         arguments.update(
             addresses_ptr=table.table,

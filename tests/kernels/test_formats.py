@@ -351,3 +351,13 @@ def test_subnormal_and_degenerate_blocks(kernel):
     assert (new_m[512:768:2] < 0).all() and (new_m[512:768:2] * 127 > -np.finfo(np.float32).tiny).all()
     cases.assert_exact(m.numpy(), codes, what="codes")
     cases.assert_exact(s, scales, what="scales")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_tensors_across_work_items(kernel):
+    """Tensors longer than a work item (CPU: 65536 elements, Triton: 16384), after a short one whose
+    padding shifts the CPU kernel's block-aligned offsets: every block once, with its own index."""
+    case = cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding")
+    problem = cases.problem(case, shapes=((300,), (70_001,), (5,)), steps=2, missing=None)
+    state = _run(kernel, case, problem)
+    state.assert_equal(cases.reference(case, problem))

@@ -245,7 +245,8 @@ def supports(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) ->
 
     True for plain (not subclassed) dense, contiguous CPU tensors of one shape, with (param, grad,
     momentum) dtypes float32/float32/float32, float64/float64/float64, or bfloat16/bfloat16 with a
-    float32 or bfloat16 momentum. Does not check :func:`unavailable_reason`.
+    float32 or bfloat16 momentum. Does not check :func:`unavailable_reason`. (An int8 momentum is
+    updated only with its ``scales`` and keys, in a call with state formats; see :func:`lion_`.)
     """
     try:
         return (

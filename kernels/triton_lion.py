@@ -201,7 +201,8 @@ def supports(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) ->
     one CUDA device (or on the CPU with ``TRITON_INTERPRET=1``) that are all contiguous, or all
     channels-last. False for anything else: strided views, complex tensors (pass
     ``torch.view_as_real`` views), float64, sparse tensors, tensors on different devices, subclasses
-    (DTensor: pass its local shard). Does not check :func:`unavailable_reason`.
+    (DTensor: pass its local shard). Does not check :func:`unavailable_reason`. (An int8 momentum
+    is updated only with its ``scales`` and keys, in a call with state formats; see :func:`lion_`.)
     """
     try:
         return (

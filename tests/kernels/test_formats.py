@@ -33,12 +33,14 @@ pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:Runti
 #: one), zero-size tensors, a 0-d one, and a multi-dimensional one flattened across its rows.
 SHAPES: tuple[tuple[int, ...], ...] = ((1,), (255,), (257,), (4097,), (0,), (), (3, 1, 100), (2, 0, 3))
 STEPS = 5
-#: (step, parameter) without a gradient: the 257-element tensor skips step 2.
+#: (step, parameter) without a gradient: the 257-element tensor skips step 2 (its own step then
+#: lags the others': its random bits count its own updates).
 MISSING = (2, 2)
 
 
-def _keys(case: cases.Case, step: int, stream: int, count: int) -> list[int]:
-    return [step_key(derive_seed(case.seed, stream, t), step) for t in range(count)]
+def _keys(case: cases.Case, steps: list[int], stream: int) -> list[int]:
+    """Each tensor's step key: its position ``t`` and its own step (the updates it has had)."""
+    return [step_key(derive_seed(case.seed, stream, t), step) for t, step in enumerate(steps)]
 
 
 class State:
@@ -51,13 +53,15 @@ class State:
         dtype = torch.int8 if self.int8 else TORCH[case.momentum_dtype]
         self.momenta = [torch.zeros(p.shape, dtype=dtype) for p in self.params]
         self.scales = [torch.zeros(INT8.blocks(p.numel())) if self.int8 else None for p in self.params]
+        #: Each tensor's own step: the updates it has had (a step without its gradient does not count).
+        self.updates = [0] * len(self.params)
 
     def step(self, kernel: Any, step: int, row: list[np.ndarray | None], **overrides: Any) -> list[int]:
         """One ``lion_`` call over the tensors with a gradient (tensor index = position in ``init``)."""
         case = self.case
         chosen = [i for i, g in enumerate(row) if g is not None]
-        mkeys = _keys(case, step, MOMENTUM_STREAM, len(row))
-        pkeys = _keys(case, step, PARAM_STREAM, len(row))
+        mkeys = _keys(case, self.updates, MOMENTUM_STREAM)
+        pkeys = _keys(case, self.updates, PARAM_STREAM)
         grad_scale = overrides.pop("grad_scale", None)
         grads = [torch.tensor(np.asarray(row[i], np.float64)).to(TORCH[case.gradient_dtype]) for i in chosen]
         if grad_scale is not None:
@@ -71,8 +75,13 @@ class State:
             grad_scale=None if grad_scale is None else torch.tensor(float(grad_scale)),
         )
         arguments.update(overrides)
-        return kernel.lion_([self.params[i] for i in chosen], grads, [self.momenta[i] for i in chosen],
+        left = kernel.lion_([self.params[i] for i in chosen], grads, [self.momenta[i] for i in chosen],
                             **arguments)
+        found_inf = arguments.get("found_inf")
+        if found_inf is None or float(found_inf) == 0:  # a skipped step is not an update
+            for i in chosen:
+                self.updates[i] += 1
+        return left
 
     def assert_equal(self, expected: Any, what: str = "") -> None:
         for i, p in enumerate(self.params):

@@ -29,8 +29,10 @@ the step above is taken, the parameter stored (bfloat16 to nearest, or stochasti
 ``BlockwiseInt8.encode`` does (scale = absmax * INV_CODE_MAX, codes rounded stochastically with
 ``momentum_keys[i]``): codes, scales and parameters equal ``lion_core.reference.reference_lion_stored``
 bit for bit. Float triples in such a call take the same routine (same bits as the float routines),
-so one cautious count and one ``cautious_reduce`` call cover the call; float64 triples are handed
-back there. Tensors start on block boundaries of the work space and chunks are whole blocks.
+so one cautious count and one ``cautious_reduce`` call cover the call. float64 parameters with an
+int8 momentum are computed in float64 (the codes decoded in float32 and encoded from the float64
+momentum, as the reference does); float64 triples with a float momentum are handed back there.
+Tensors start on block boundaries of the work space and chunks are whole blocks.
 
 The binary. The C source (``kernels/csrc/cpu_lion.c``) is compiled by setup.py when lionkit is
 installed (``pip install``, ``pip wheel``, editable installs alike) into the extension module
@@ -462,10 +464,10 @@ def lion_(
 # --- state formats ------------------------------------------------------------------------------
 
 #: (parameter dtype, momentum dtype, stochastic parameter rounding) -> the C source's stored kind
-#: (SK_P_BF16 = 1, SK_M_BF16 = 2, SK_M_INT8 = 4, SK_STOCHASTIC = 8); gradients have the parameter's
-#: dtype. A call with state formats runs every triple it supports through these routines, float
-#: momenta included (the same operation order as the float routines: the same bits), so that one
-#: plan, one cautious count and one ``cautious_reduce`` call serve the whole call.
+#: (SK_P_BF16 = 1, SK_M_BF16 = 2, SK_M_INT8 = 4, SK_STOCHASTIC = 8, SK_F64 = 16); gradients have
+#: the parameter's dtype. A call with state formats runs every triple it supports through these
+#: routines, float momenta included (the same operation order as the float routines: the same
+#: bits), so that one plan, one cautious count and one ``cautious_reduce`` call serve the call.
 _STORED_KINDS: dict[tuple[torch.dtype, torch.dtype, bool], int] = {
     (torch.float32, torch.float32, False): 0,
     (torch.float32, torch.int8, False): 4,
@@ -475,6 +477,7 @@ _STORED_KINDS: dict[tuple[torch.dtype, torch.dtype, bool], int] = {
     (torch.bfloat16, torch.float32, True): 9,
     (torch.bfloat16, torch.bfloat16, True): 11,
     (torch.bfloat16, torch.int8, True): 13,
+    (torch.float64, torch.int8, False): 20,  # SK_F64 | SK_M_INT8: computed in float64
 }
 _BLOCK = lion_core.INT8.block_size
 _stored_plans = TableCache(_CACHE_SIZE)

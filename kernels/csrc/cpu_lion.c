@@ -325,7 +325,7 @@ static int lionkit_cpu_lion(int kind, int64_t n, const int64_t *table, const dou
  * each block.
  */
 #define INT8_BLOCK 256
-enum { SK_P_BF16 = 1, SK_M_BF16 = 2, SK_M_INT8 = 4, SK_STOCHASTIC = 8 };
+enum { SK_P_BF16 = 1, SK_M_BF16 = 2, SK_M_INT8 = 4, SK_STOCHASTIC = 8, SK_F64 = 16 };
 /* lion_core.INV_CODE_MAX: 1/127 rounded to float32. */
 #define INV_CODE_MAX ((float)(1.0 / 127.0))
 
@@ -473,6 +473,78 @@ INLINE int64_t stored_kept(const void *gv, const void *mv, const float *scale, i
     return kept;
 }
 
+/* float64 parameters and gradients with an int8 momentum (kind SK_F64 | SK_M_INT8): the step in
+ * float64, as the float64 routine computes it; the codes decoded in float32 (code * scale, then
+ * widened), and encoded from the float64 momentum as BlockwiseInt8.encode does in float64: scale =
+ * float32(absmax * (double)INV_CODE_MAX), y = m' * (1 / scale) in float64. (Not vectorised with
+ * the care of the float32 loops: float64 parameters with an 8-bit momentum are rare.) */
+INLINE void stored_block_f64(double *restrict p, const double *restrict g, int8_t *restrict m8, float *scale,
+                             int64_t len, uint32_t index, uint32_t mkey, const double *sc, int cautious,
+                             double cscale, int unscale, double direction) {
+    const double beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1];
+    const double beta2 = sc[S_BETA2], omb2 = sc[S_ONE_MINUS_BETA2];
+    const double lr = sc[S_LR], decay = sc[S_DECAY], grad_scale = sc[S_GRAD_SCALE];
+    const float old_scale = *scale;
+    const int32_t count = (int32_t)len;
+    double fresh[INT8_BLOCK];
+    uint64_t largest = 0;
+    for (int32_t i = 0; i < count; ++i) {
+        double gi = g[i];
+        if (unscale) gi = gi / grad_scale;
+        gi = gi * direction;
+        const double mi = (double)((float)m8[i] * old_scale);
+        const double c = beta1 * mi + omb1 * gi;
+        double u = ((c > 0.0 ? 1.0 : 0.0) - (c < 0.0 ? 1.0 : 0.0)) + (c - c);
+        if (cautious) {
+            const double mask = u * gi > 0.0 ? u * u : 0.0;
+            u = u * mask * cscale;
+        }
+        p[i] = p[i] * decay - lr * u;
+        const double new_m = beta2 * mi + omb2 * gi;
+        fresh[i] = new_m;
+        uint64_t bits;
+        memcpy(&bits, &new_m, sizeof bits);
+        bits &= 0x7fffffffffffffffull; /* NaN patterns exceed infinity's: a NaN makes the scale NaN */
+        largest = bits > largest ? bits : largest;
+    }
+    double absmax;
+    memcpy(&absmax, &largest, sizeof absmax);
+    const float new_scale = (float)(absmax * (double)INV_CODE_MAX);
+    *scale = new_scale;
+    const double inverse = 1.0 / (new_scale == 0.0f ? 1.0 : (double)new_scale);
+    for (int32_t i = 0; i < count; ++i) {
+        const double y = fresh[i] * inverse;
+        int32_t q = 0;
+        if (y == y) {
+            /* Out of [-128, 128] (infinity included) the code clips to +-127 either way. */
+            const double clamped = y > 128.0 ? 128.0 : (y < -128.0 ? -128.0 : y);
+            const int32_t truncated = (int32_t)clamped;
+            const int32_t low = truncated - (int32_t)((double)truncated > clamped);
+            const float uniform = (float)(int32_t)(element_bits(mkey, index + (uint32_t)i) >> 8) * 0x1p-24f;
+            q = low + (int32_t)((double)uniform < clamped - (double)low);
+            q = q > 127 ? 127 : q;
+            q = q < -127 ? -127 : q;
+        }
+        m8[i] = (int8_t)q;
+    }
+}
+
+INLINE int64_t stored_kept_f64(const double *restrict g, const int8_t *restrict m8, const float *scale,
+                               int64_t len, const double *sc, int unscale, double direction) {
+    const double beta1 = sc[S_BETA1], omb1 = sc[S_ONE_MINUS_BETA1], grad_scale = sc[S_GRAD_SCALE];
+    const float old_scale = *scale;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < len; ++i) {
+        double gi = g[i];
+        if (unscale) gi = gi / grad_scale;
+        gi = gi * direction;
+        const double c = beta1 * (double)((float)m8[i] * old_scale) + omb1 * gi;
+        const double u = ((c > 0.0 ? 1.0 : 0.0) - (c < 0.0 ? 1.0 : 0.0)) + (c - c);
+        kept += u * gi > 0.0;
+    }
+    return kept;
+}
+
 /* Element sizes of a kind's parameter (and gradient) and momentum. */
 #define P_SIZE(K) (((K) & SK_P_BF16) ? 2 : 4)
 #define M_SIZE(K) (((K) & SK_M_INT8) ? 1 : ((K) & SK_M_BF16) ? 2 : 4)
@@ -528,6 +600,31 @@ DEFINE_STORED(9)
 DEFINE_STORED(11)
 DEFINE_STORED(13)
 
+/* Kind 20 (SK_F64 | SK_M_INT8). The generic entry passes float32 scalars; this kind reads the
+ * float64 ones (stored_run hands both over). */
+static void stored_segment_20_f64(char *p, const char *g, char *m, float *scales, int64_t start, int64_t stop,
+                                  uint32_t mkey, const double *sc, int flags, double cscale) {
+    const double direction = (flags & FLAG_MAXIMIZE) ? -1.0 : 1.0;
+    const int cautious = (flags & FLAG_CAUTIOUS) != 0, unscale = (flags & FLAG_UNSCALE) != 0;
+    for (int64_t b = start; b < stop; b += INT8_BLOCK) {
+        const int64_t len = stop - b < INT8_BLOCK ? stop - b : INT8_BLOCK;
+        stored_block_f64((double *)p + b, (const double *)g + b, (int8_t *)m + b, scales + b / INT8_BLOCK, len,
+                         (uint32_t)b, mkey, sc, cautious, cscale, unscale, direction);
+    }
+}
+
+static int64_t stored_count_20_f64(const char *g, const char *m, const float *scales, int64_t start, int64_t stop,
+                                   const double *sc, int flags) {
+    const double direction = (flags & FLAG_MAXIMIZE) ? -1.0 : 1.0;
+    int64_t kept = 0;
+    for (int64_t b = start; b < stop; b += INT8_BLOCK) {
+        const int64_t len = stop - b < INT8_BLOCK ? stop - b : INT8_BLOCK;
+        kept += stored_kept_f64((const double *)g + b, (const int8_t *)m + b, scales + b / INT8_BLOCK, len, sc,
+                                (flags & FLAG_UNSCALE) != 0, direction);
+    }
+    return kept;
+}
+
 typedef void (*stored_segment_fn)(char *, const char *, char *, float *, int64_t, int64_t, uint32_t, uint32_t,
                                   const float *, int, float);
 typedef int64_t (*stored_count_fn)(const char *, const char *, const float *, int64_t, int64_t, const float *,
@@ -558,9 +655,11 @@ static int stored_functions(int kind, stored_segment_fn *segment, stored_count_f
 static int stored_run(int count_only, int kind, int64_t n, const int64_t *table, const int64_t *keys,
                       const double *scalars, int flags, int64_t chunk, int threads, int64_t *counts) {
     if (n <= 0) return 0;
-    stored_segment_fn segment;
-    stored_count_fn count;
-    if (stored_functions(kind, &segment, &count) != 0 || chunk <= 0 || chunk % INT8_BLOCK != 0) return -2;
+    stored_segment_fn segment = NULL;
+    stored_count_fn count = NULL;
+    const int f64 = kind == (SK_F64 | SK_M_INT8);
+    if ((!f64 && stored_functions(kind, &segment, &count) != 0) || chunk <= 0 || chunk % INT8_BLOCK != 0)
+        return -2;
     char *const *ps = (char *const *)table;
     const char *const *gs = (const char *const *)(table + n);
     char *const *ms = (char *const *)(table + 2 * n);
@@ -577,13 +676,21 @@ static int stored_run(int count_only, int kind, int64_t n, const int64_t *table,
     if (threads > chunks) threads = (int)chunks;
     if (threads < 1) threads = 1;
     float *cscale = NULL;
+    double *cscale64 = NULL;
     if (!count_only && (flags & FLAG_CAUTIOUS)) {
         cscale = (float *)malloc((size_t)n * sizeof *cscale);
-        if (cscale == NULL) return -1;
+        cscale64 = (double *)malloc((size_t)n * sizeof *cscale64);
+        if (cscale == NULL || cscale64 == NULL) {
+            free(cscale);
+            free(cscale64);
+            return -1;
+        }
         for (int64_t t = 0; t < n; ++t) {
             int64_t kept = counts[2 * t], size = counts[2 * t + 1];
             float fraction = size > 0 ? (float)((double)kept / (double)size) : 0.0f;
             cscale[t] = 1.0f / (fraction > 0.0f ? fraction : 1.0f);
+            double fraction64 = size > 0 ? (double)kept / (double)size : 0.0;
+            cscale64[t] = 1.0 / (fraction64 > 0.0 ? fraction64 : 1.0);
         }
     }
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
@@ -595,9 +702,13 @@ static int stored_run(int count_only, int kind, int64_t n, const int64_t *table,
             int64_t stop = end - offsets[t] < numels[t] ? end - offsets[t] : numels[t];
             if (stop > start) {
                 if (count_only) {
-                    int64_t k = count(gs[t], ms[t], ss[t], start, stop, sc, flags);
+                    int64_t k = f64 ? stored_count_20_f64(gs[t], ms[t], ss[t], start, stop, scalars, flags)
+                                    : count(gs[t], ms[t], ss[t], start, stop, sc, flags);
                     _Pragma("omp atomic")
                     counts[t] += k;
+                } else if (f64) {
+                    stored_segment_20_f64(ps[t], gs[t], ms[t], ss[t], start, stop, (uint32_t)keys[t], scalars, flags,
+                                          cscale64 != NULL ? cscale64[t] : 1.0);
                 } else {
                     segment(ps[t], gs[t], ms[t], ss[t], start, stop, (uint32_t)keys[t], (uint32_t)keys[n + t], sc,
                             flags, cscale != NULL ? cscale[t] : 1.0f);
@@ -607,6 +718,7 @@ static int stored_run(int count_only, int kind, int64_t n, const int64_t *table,
         }
     }
     free(cscale);
+    free(cscale64);
     return 0;
 }
 

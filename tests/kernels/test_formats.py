@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lion_kernels import KernelError, triton_lion
+from lion_kernels import KernelError, cpu_lion, triton_lion
 
 import lion_core
 from lion_core import INT8, MOMENTUM_STREAM, PARAM_STREAM, derive_seed
@@ -208,7 +208,7 @@ def test_a_call_mixes_formats_and_reduces_cautious_counts_once(kernel):
     hyper = dict(HYPER, cautious=True)
     left = kernel.lion_(params, grads, momenta, **hyper, cautious_reduce=reduce, scales=scales,
                         momentum_keys=mkeys, param_keys=pkeys)
-    # float64 (Triton: none; CPU: no stored-format routine for it) is handed back in such a call.
+    # float64 with a float momentum (Triton: no float64 at all) is handed back in such a call.
     assert left == [4]
     assert torch.equal(params[4], before[4][0]) and torch.equal(momenta[4], before[4][1])
     updated = [0, 1, 2, 3]
@@ -369,4 +369,15 @@ def test_tensors_across_work_items(kernel):
     case = cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding")
     problem = cases.problem(case, shapes=((300,), (70_001,), (5,)), steps=2, missing=None)
     state = _run(kernel, case, problem)
+    state.assert_equal(cases.reference(case, problem))
+
+
+@pytest.mark.parametrize("cautious", [False, True])
+def test_float64_parameters_with_int8_momentum_on_the_cpu(cautious):
+    """float64 parameters (CPU kernel only; Triton hands them back): the step in float64, the codes
+    encoded from the float64 momentum, as ``reference_lion_stored`` computes them."""
+    case = dataclasses.replace(cases.by_id(cases.FORMAT_CASES, "int8_momentum"), id="int8_float64",
+                               param_dtype="float64", lr=0.01, cautious=cautious)
+    problem = cases.problem(case, shapes=SHAPES, steps=STEPS, missing=MISSING)
+    state = _run(cpu_lion, case, problem)
     state.assert_equal(cases.reference(case, problem))

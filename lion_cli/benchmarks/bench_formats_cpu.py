@@ -41,8 +41,7 @@ from typing import Any
 import torch
 from lion_kernels import cpu_lion
 
-from lion_core import INT8, MOMENTUM_STREAM, PARAM_STREAM, derive_seed
-from lion_core._formats import step_key
+from lion_core import INT8, MOMENTUM_STREAM, PARAM_STREAM, derive_seed, step_key
 
 LR, BETA1, BETA2, WEIGHT_DECAY = 1e-4, 0.9, 0.99, 0.1
 TOTAL, COUNT = 40_000_000, 10

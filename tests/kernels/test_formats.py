@@ -21,8 +21,15 @@ import torch
 from lion_kernels import KernelError, cpu_lion, triton_lion
 
 import lion_core
-from lion_core import INT8, MOMENTUM_STREAM, PARAM_STREAM, derive_seed
-from lion_core._formats import mix32, step_key, stochastic_round_bfloat16
+from lion_core import (
+    INT8,
+    MOMENTUM_STREAM,
+    PARAM_STREAM,
+    derive_seed,
+    keyed_hash,
+    step_key,
+    stochastic_round_bfloat16,
+)
 from lion_core.reference import Int8State, reference_step
 from tests import cases
 from tests.kernels.test_contract import HYPER, KERNELS, TORCH
@@ -168,10 +175,8 @@ def test_non_finite_gradients(kernel, value):
 
 
 def _bits(key: int, size: int) -> np.ndarray:
-    """``counter_hash`` bits of flat indices for a step key: ``mix32((mix32(index ^ k) + k) mod 2**32)``."""
-    index = np.arange(size, dtype=np.uint32)
-    k = np.uint32(key)
-    return mix32((mix32(index ^ k) + k) & np.uint32(0xFFFFFFFF))
+    """``counter_hash`` bits of flat indices 0 .. size - 1 for a step key (``lion_core.keyed_hash``)."""
+    return keyed_hash(key, np.arange(size, dtype=np.uint32))
 
 
 def test_bits_from_a_step_key_are_counter_hash():

@@ -36,8 +36,9 @@ class BuildExt(build_ext):
             if not openmp:
                 print("lionkit: the C compiler has no OpenMP; the CPU kernel will run on one thread")
             for extension in self.extensions:
-                extension.extra_compile_args = [*UNIX_FLAGS, *openmp]
-                extension.extra_link_args = openmp
+                # -pthread: the kernel's helper threads (older glibc keeps pthreads in a library).
+                extension.extra_compile_args = [*UNIX_FLAGS, "-pthread", *openmp]
+                extension.extra_link_args = ["-pthread", *openmp]
         elif self.compiler.compiler_type == "msvc":
             for extension in self.extensions:
                 extension.extra_compile_args = ["/O2", "/fp:precise", "/openmp"]

@@ -256,9 +256,10 @@ def split_formats(
         if values is not None and len(values) != n:
             raise KernelError(f"`{name}` must have one entry per parameter. Received: {len(values)} "
                               f"entries for {n} params")
-    formatted = [i for i in range(n) if any(v is not None and v[i] is not None for v in given.values())]
-    if not formatted:
+    # Lists of None (or no lists) are the usual call: found with C-level counts, not a loop over n.
+    if all(values is None or values.count(None) == n for values in given.values()):
         return list(range(n)), []
+    formatted = [i for i in range(n) if any(v is not None and v[i] is not None for v in given.values())]
     chosen = set(formatted)
     return [i for i in range(n) if i not in chosen], formatted
 

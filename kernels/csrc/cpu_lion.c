@@ -49,6 +49,7 @@
 #define LIONKIT_POOL 1
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #define ATOMIC_ADD(target, value) __atomic_fetch_add(&(target), (value), __ATOMIC_RELAXED)
 #else
@@ -194,17 +195,24 @@ static void parallel_chunks(chunk_fn fn, const void *ctx, int64_t chunks, int th
     }
     pthread_once(&pool_once, pool_register_fork);
     pthread_mutex_lock(&pool_mutex);
-    while (pool_helpers < helpers) {
-        pthread_t thread;
-        pthread_attr_t attr;
-        int failed = pthread_attr_init(&attr);
-        if (!failed) {
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            failed = pthread_create(&thread, &attr, pool_helper, NULL);
-            pthread_attr_destroy(&attr);
+    if (pool_helpers < helpers) {
+        /* Helpers block every signal (they inherit this mask): signals stay with Python's threads. */
+        sigset_t all, previous;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        while (pool_helpers < helpers) {
+            pthread_t thread;
+            pthread_attr_t attr;
+            int failed = pthread_attr_init(&attr);
+            if (!failed) {
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                failed = pthread_create(&thread, &attr, pool_helper, NULL);
+                pthread_attr_destroy(&attr);
+            }
+            if (failed) break; /* fewer helpers: the chunks still all run */
+            ++pool_helpers;
         }
-        if (failed) break; /* fewer helpers: the chunks still all run */
-        ++pool_helpers;
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
     }
     uint32_t generation = pool_generation + 1;
     if (generation == 0) generation = 1;

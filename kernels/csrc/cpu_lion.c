@@ -14,9 +14,10 @@
  *   m  = beta2 * m + (1 - beta2) * g
  *
  * Built with -ffp-contract=off and without -ffast-math: no fused multiply-adds, no reassociation, and
- * NaN comparisons keep their IEEE meaning. Plain C11 plus OpenMP pragmas; without OpenMP the pragmas
- * are ignored and the kernel runs on one thread. No OpenMP runtime functions are called, so the
- * module links without libgomp when the compiler has no OpenMP.
+ * NaN comparisons keep their IEEE meaning. Plain C11 with POSIX threads (parallel_chunks below), or
+ * OpenMP pragmas where there are none; without OpenMP the pragmas are ignored and the kernel runs on
+ * one thread. No OpenMP runtime functions are called, so the module links without libgomp when the
+ * compiler has no OpenMP.
  *
  * Instruction sets: one binary serves every x86-64 CPU. The streaming loops (segment_* and count_*)
  * are compiled three times by GCC's target_clones (AVX-512F, AVX2, baseline x86-64); the dynamic

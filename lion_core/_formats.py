@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Union
+from typing import Any, Callable, Final, Union, cast
 
 import numpy as np
 
-from ._validation import MOMENTUM_DTYPES, check_bool, incompatible, invalid_type, invalid_value
+from ._validation import MOMENTUM_DTYPES, check_bool, check_choice, incompatible, invalid_type, invalid_value
 
 MASK32: Final = 0xFFFFFFFF
 #: 1/127 rounded to float32: a block's scale is its largest magnitude times this.
@@ -94,8 +94,13 @@ def counter_hash(seed: Any, step: Any, index: Any) -> Any:
     and ``step`` are scalars of the same integer type (or Python ints). The same inputs give the
     same bits on every backend.
     """
-    key = step_key(seed, step)
-    if isinstance(key, int):  # Python-int seed and step: the key in the index's type
+    return keyed_hash(step_key(seed, step), index)
+
+
+def keyed_hash(key: Any, index: Any) -> Any:
+    """``counter_hash`` from a step's key ``k = step_key(seed, step)``: ``mix32((mix32(index ^ k) + k)
+    mod 2**32)``. For callers that compute one key per tensor and step (the kernels' contract)."""
+    if isinstance(key, int):  # a Python-int key: in the index's type
         key = _const(index, key)
     return mix32((mix32(index ^ key) + key) & _const(index, MASK32))
 
@@ -389,22 +394,12 @@ class StateSpec:
 
 def check_rounding(value: object, name: str = "rounding") -> str:
     """Checks a rounding mode: one of ``ROUNDINGS``."""
-    if not isinstance(value, str):
-        raise invalid_type(name, f"one of {ROUNDINGS}", value)
-    if value not in ROUNDINGS:
-        raise invalid_value(name, f"one of {ROUNDINGS}", value)
-    return value
+    return cast(str, check_choice(value, ROUNDINGS, name))
 
 
 def check_momentum_format(value: object, name: str = "momentum_dtype") -> str | None:
     """Checks a requested momentum storage: ``None`` (the parameter's dtype) or a ``MOMENTUM_FORMATS`` name."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise invalid_type(name, f"None or one of {MOMENTUM_FORMATS}", value)
-    if value not in MOMENTUM_FORMATS:
-        raise invalid_value(name, f"None or one of {MOMENTUM_FORMATS}", value)
-    return value
+    return check_choice(value, MOMENTUM_FORMATS, name, optional=True)
 
 
 def resolve_seed(seed: object, draw: Callable[[], int], name: str = "seed") -> int:

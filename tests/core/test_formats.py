@@ -46,6 +46,18 @@ def test_hash_is_the_same_on_uint32_masked_int64_and_python_ints():
     assert_exact(as_python, as_uint32.astype(np.uint64), what="python vs uint32")
 
 
+def test_keyed_hash_is_counter_hash_from_the_step_key():
+    """The kernels' contract passes ``step_key(derive_seed(...), step)``; ``keyed_hash`` finishes it."""
+    index = np.arange(1000, dtype=np.uint32)
+    for seed, step in [(0, 0), (77, 12), (2**32 - 1, 2**31 + 5)]:
+        key = lion_core.step_key(seed, step)
+        assert isinstance(key, int) and 0 <= key < 2**32
+        expected = counter_hash(np.uint32(seed), np.uint32(step), index)
+        assert_exact(lion_core.keyed_hash(key, index), expected, what="python key")
+        assert_exact(lion_core.keyed_hash(np.int64(key), index.astype(np.int64)), expected.astype(np.int64),
+                     what="int64 key")
+
+
 def test_mix32_is_a_bijection_on_a_range():
     x = np.arange(1 << 16, dtype=np.uint32) * np.uint32(65537)
     assert np.unique(mix32(x)).size == x.size
@@ -268,13 +280,12 @@ def test_reference_stored_runs_step_then_store():
     spec = lion_core.state_spec("bfloat16", "int8", stochastic_rounding=True)
     out = reference_lion_stored(params, grads, spec=spec, param_dtype="bfloat16", seed=9, lr=1e-2,
                                 weight_decay=0.1)
-    # replay by hand with the same pieces
+    # replay by hand with the same pieces; a tensor's bits count its own updates (tensor 1 skips one)
     p = [store_param(x, "bfloat16") for x in params]
     stored = [store_momentum(np.zeros(np.shape(x), np.float32), INT8)[0] for x in params]
-    for step, row in enumerate(grads):
-        for i, g in enumerate(row):
-            if g is None:
-                continue
+    for i in range(len(params)):
+        own_steps = [row[i] for row in grads if row[i] is not None]
+        for step, g in enumerate(own_steps):
             m = load_momentum(stored[i], INT8)
             new_p, new_m = reference_step(p[i], g, m, lr=1e-2, weight_decay=0.1, dtype=np.float32)
             p[i] = store_param(new_p, "bfloat16", rounding="stochastic", seed=9, step=step, tensor=i)

@@ -292,7 +292,8 @@ def check_formats(
         return None
     given = {"scales": scales, "momentum_keys": momentum_keys, "param_keys": param_keys}
     columns = {name: _entries(name, values, n) for name, values in given.items()}
-    if not any(v is not None for column in columns.values() for v in column):
+    # Lists of None are a call without formats: found with C-level counts, not a loop over n.
+    if all(values is None or list(values).count(None) == n for values in given.values()):
         return None
     from lion_core import INT8
 
@@ -411,18 +412,24 @@ class TableCache:
         self.misses = 0
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._pinned: set[Hashable] = set()
+        # The entry used last, already at the end of the LRU order. A key of a few thousand items
+        # costs tens of microseconds to hash and compare, so a hit on it skips the second lookup
+        # that moving it to the end would make.
+        self._recent: Any = None
 
     def get(self, key: Hashable, build: Callable[[], Any], *, pin: bool = False) -> Any:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                self._entries.move_to_end(key)
+                if entry is not self._recent:
+                    self._entries.move_to_end(key)
                 self.hits += 1
             else:
                 self.misses += 1
                 entry = build()
                 self._entries[key] = entry
                 self._evict()
+            self._recent = entry
             if pin:
                 self._pinned.add(key)
             return entry
@@ -440,6 +447,7 @@ class TableCache:
     def clear(self) -> None:
         self._entries.clear()
         self._pinned.clear()
+        self._recent = None
         self.hits = self.misses = 0
 
     def __len__(self) -> int:

@@ -36,7 +36,9 @@ Tensors start on block boundaries of the work space and chunks are whole blocks.
 
 The binary. The C source (``kernels/csrc/cpu_lion.c``) is compiled by setup.py when lionkit is
 installed (``pip install``, ``pip wheel``, editable installs alike) into the extension module
-``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off`` and OpenMP when the compiler has it.
+``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off``. It runs on the calling thread and up to
+``torch.get_num_threads() - 1`` helper threads of its own (an OpenMP loop where there are no POSIX
+threads).
 Nothing is compiled at training time. One binary serves every x86-64 CPU: GCC's ``target_clones``
 compiles the streaming loops for x86-64-v4 (AVX-512 with BW and VL; AVX-512F before GCC 12), AVX2
 and baseline x86-64, and the dynamic loader picks one per process from the CPU's features. Next to

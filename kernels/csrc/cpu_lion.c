@@ -14,9 +14,10 @@
  *   m  = beta2 * m + (1 - beta2) * g
  *
  * Built with -ffp-contract=off and without -ffast-math: no fused multiply-adds, no reassociation, and
- * NaN comparisons keep their IEEE meaning. Plain C11 plus OpenMP pragmas; without OpenMP the pragmas
- * are ignored and the kernel runs on one thread. No OpenMP runtime functions are called, so the
- * module links without libgomp when the compiler has no OpenMP.
+ * NaN comparisons keep their IEEE meaning. Plain C11 with POSIX threads (parallel_chunks below), or
+ * OpenMP pragmas where there are none; without OpenMP the pragmas are ignored and the kernel runs on
+ * one thread. No OpenMP runtime functions are called, so the module links without libgomp when the
+ * compiler has no OpenMP.
  *
  * Instruction sets: one binary serves every x86-64 CPU. The streaming loops (segment_*, count_* and
  * stored_*) are compiled three times by GCC's target_clones (x86-64-v4, i.e. AVX-512 with BW and VL,
@@ -30,13 +31,32 @@
  * tensors, so one call costs about the same whether the group holds 10 tensors or 10,000. Threads
  * take chunks one at a time (dynamic schedule): each chunk is a long streaming loop, and a thread
  * that the OS preempts (other processes, a data loader) does not leave its share for the others to
- * wait on at the barrier.
+ * wait on.
+ *
+ * Threads (parallel_chunks): where POSIX threads exist, the calling thread and up to threads - 1
+ * helper threads of this library claim chunks from one atomic ticket, and the call returns when every
+ * chunk is done: it never waits for a helper that has not started. An OpenMP region would join all
+ * its threads at its end, so a helper the OS has not yet scheduled (asleep since the last step, its
+ * core busy with another process) stalls the whole call for a time slice: measured on 2 shared
+ * vCPUs, a 2M-parameter step took 10 - 20 ms on 2 OpenMP threads against 1 ms on one
+ * (docs/benchmarks-cpu.md). Elsewhere (Windows) the chunks run in an OpenMP loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if !defined(_WIN32) && !defined(__STDC_NO_ATOMICS__)
+#define LIONKIT_POOL 1
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#define ATOMIC_ADD(target, value) __atomic_fetch_add(&(target), (value), __ATOMIC_RELAXED)
+#else
+#define ATOMIC_ADD(target, value) _Pragma("omp atomic") (target) += (value)
+#endif
 
 #define LIONKIT_CPU_ABI 3
 
@@ -93,6 +113,142 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
     }
     return lo;
 }
+
+/* Runs fn(ctx, c) once for every chunk c in [0, chunks), on up to `threads` threads. */
+typedef void (*chunk_fn)(const void *ctx, int64_t chunk);
+
+#ifdef LIONKIT_POOL
+/*
+ * The helper threads: started on first use (as many as a call has asked for, minus the caller), then
+ * asleep on a condition variable between calls. A job is published as a generation number; its
+ * chunks are claimed through `ticket` = (generation << 32) | next chunk, so a helper that wakes late,
+ * after its job ended, fails the compare-and-swap and never touches a finished job's arguments (they
+ * live on the caller's stack). The caller claims chunks too and then waits only for chunks that
+ * helpers claimed and are running. One call at a time uses the helpers; a concurrent call (another
+ * Python thread: ctypes releases the GIL) runs its chunks on its own thread.
+ */
+enum { POOL_MAX_HELPERS = 255 };
+static pthread_mutex_t pool_mutex = PTHREAD_MUTEX_INITIALIZER;  /* guards everything below but the atomics */
+static pthread_mutex_t pool_caller = PTHREAD_MUTEX_INITIALIZER; /* held by the call using the helpers */
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static int pool_helpers;         /* helper threads started */
+static uint32_t pool_generation; /* the current job; 0: none yet */
+static int pool_seats;           /* helpers that may still join the current job */
+static chunk_fn pool_fn;
+static const void *pool_ctx;
+static int64_t pool_chunks;
+static _Atomic uint64_t pool_ticket;
+static _Atomic int64_t pool_done;
+
+INLINE void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claims and runs chunks of job `generation` until none is left or another job has replaced it. */
+static void pool_work(uint32_t generation, chunk_fn fn, const void *ctx, int64_t chunks) {
+    uint64_t ticket = atomic_load_explicit(&pool_ticket, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(ticket >> 32) != generation || (int64_t)(ticket & 0xffffffffu) >= chunks) return;
+        if (atomic_compare_exchange_weak_explicit(&pool_ticket, &ticket, ticket + 1, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            fn(ctx, (int64_t)(ticket & 0xffffffffu));
+            atomic_fetch_add_explicit(&pool_done, 1, memory_order_release);
+            ticket = atomic_load_explicit(&pool_ticket, memory_order_acquire);
+        }
+    }
+}
+
+static void *pool_helper(void *unused) {
+    (void)unused;
+    uint32_t seen = 0;
+    pthread_mutex_lock(&pool_mutex);
+    for (;;) { /* seen = 0 at first: a new helper joins the job it was started for */
+        while (pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mutex);
+        seen = pool_generation;
+        if (pool_seats <= 0) continue;
+        --pool_seats;
+        chunk_fn fn = pool_fn;
+        const void *ctx = pool_ctx;
+        int64_t chunks = pool_chunks;
+        pthread_mutex_unlock(&pool_mutex);
+        pool_work(seen, fn, ctx, chunks);
+        pthread_mutex_lock(&pool_mutex);
+    }
+    return NULL;
+}
+
+/* A forked child has none of the parent's helper threads: start again from none. */
+static void pool_after_fork(void) {
+    pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    pool_mutex = mutex;
+    pool_caller = mutex;
+    pool_wake = cond;
+    pool_helpers = 0;
+    pool_seats = 0;
+}
+
+static void pool_register_fork(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+static void parallel_chunks(chunk_fn fn, const void *ctx, int64_t chunks, int threads) {
+    int64_t helpers = (int64_t)threads - 1;
+    if (helpers > chunks - 1) helpers = chunks - 1;
+    if (helpers > POOL_MAX_HELPERS) helpers = POOL_MAX_HELPERS;
+    if (helpers <= 0 || chunks > (int64_t)0xffffffffu || pthread_mutex_trylock(&pool_caller) != 0) {
+        for (int64_t c = 0; c < chunks; ++c) fn(ctx, c);
+        return;
+    }
+    pthread_once(&pool_once, pool_register_fork);
+    pthread_mutex_lock(&pool_mutex);
+    if (pool_helpers < helpers) {
+        /* Helpers block every signal (they inherit this mask): signals stay with Python's threads. */
+        sigset_t all, previous;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        while (pool_helpers < helpers) {
+            pthread_t thread;
+            pthread_attr_t attr;
+            int failed = pthread_attr_init(&attr);
+            if (!failed) {
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                failed = pthread_create(&thread, &attr, pool_helper, NULL);
+                pthread_attr_destroy(&attr);
+            }
+            if (failed) break; /* fewer helpers: the chunks still all run */
+            ++pool_helpers;
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    }
+    uint32_t generation = pool_generation + 1;
+    if (generation == 0) generation = 1;
+    pool_generation = generation;
+    pool_seats = (int)helpers;
+    pool_fn = fn;
+    pool_ctx = ctx;
+    pool_chunks = chunks;
+    atomic_store_explicit(&pool_done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool_ticket, (uint64_t)generation << 32, memory_order_release);
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_mutex);
+    pool_work(generation, fn, ctx, chunks);
+    /* Only chunks a running helper claimed remain; let it have this core if it was preempted here. */
+    for (unsigned spins = 1; atomic_load_explicit(&pool_done, memory_order_acquire) < chunks; ++spins) {
+        if (spins % 4096 == 0) sched_yield();
+        else cpu_relax();
+    }
+    pthread_mutex_unlock(&pool_caller);
+}
+#else
+static void parallel_chunks(chunk_fn fn, const void *ctx, int64_t chunks, int threads) {
+    if (threads > chunks) threads = (int)chunks;
+    if (threads < 1) threads = 1;
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
+    for (int64_t c = 0; c < chunks; ++c) fn(ctx, c);
+}
+#endif
 
 /*
  * DEFINE_KIND generates the segment functions and the drivers for one storage/compute combination.
@@ -174,30 +330,58 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
         for (int k = 0; k < S_COUNT; ++k) sc[k] = (CT)scalars[k];                                     \
     }                                                                                                 \
                                                                                                       \
+    /* One job of a call: what every chunk needs. */                                              \
+    struct job_##SUFFIX {                                                                             \
+        int64_t n, chunk, total;                                                                      \
+        PT *const *ps;                                                                                \
+        const PT *const *gs;                                                                          \
+        MT *const *ms;                                                                                \
+        const int64_t *offsets;                                                                       \
+        const CT *sc;                                                                                 \
+        int flags;                                                                                    \
+        const CT *scale;                                                                              \
+        int64_t *kept;                                                                                \
+    };                                                                                                \
+                                                                                                      \
+    static void count_chunk_##SUFFIX(const void *arg, int64_t c) {                                    \
+        const struct job_##SUFFIX *j = (const struct job_##SUFFIX *)arg;                              \
+        int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;          \
+        for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {                             \
+            int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;                            \
+            if (end > lo) {                                                                           \
+                int64_t start = lo - j->offsets[t];                                                   \
+                int64_t k = count_##SUFFIX(j->gs[t] + start, j->ms[t] + start, end - lo, j->sc,       \
+                                           j->flags);                                                 \
+                ATOMIC_ADD(j->kept[t], k);                                                            \
+            }                                                                                         \
+            lo = end;                                                                                 \
+        }                                                                                             \
+    }                                                                                                 \
+                                                                                                      \
+    static void update_chunk_##SUFFIX(const void *arg, int64_t c) {                                   \
+        const struct job_##SUFFIX *j = (const struct job_##SUFFIX *)arg;                              \
+        int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;          \
+        for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {                             \
+            int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;                            \
+            if (end > lo) {                                                                           \
+                int64_t start = lo - j->offsets[t];                                                   \
+                segment_##SUFFIX(j->ps[t] + start, j->gs[t] + start, j->ms[t] + start, end - lo,      \
+                                 j->sc, j->flags, j->scale != NULL ? j->scale[t] : (CT)1);            \
+            }                                                                                         \
+            lo = end;                                                                                 \
+        }                                                                                             \
+    }                                                                                                 \
+                                                                                                      \
     static void kept_counts_##SUFFIX(int64_t n, const PT *const *gs, const MT *const *ms,             \
                                      const int64_t *offsets, const double *scalars, int flags,        \
                                      int64_t chunk, int threads, int64_t *kept) {                     \
         CT sc[S_COUNT];                                                                               \
         load_scalars_##SUFFIX(sc, scalars);                                                           \
         const int64_t total = offsets[n];                                                             \
-        const int64_t chunks = (total + chunk - 1) / chunk;                                           \
         for (int64_t t = 0; t < n; ++t) kept[t] = 0;                                                  \
-        if (threads > chunks) threads = (int)chunks;                                                  \
-        if (threads < 1) threads = 1;                                                                 \
-        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                         \
-        for (int64_t c = 0; c < chunks; ++c) {                                                        \
-            int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;                     \
-            for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {                               \
-                int64_t end = offsets[t + 1] < hi ? offsets[t + 1] : hi;                              \
-                if (end > lo) {                                                                       \
-                    int64_t start = lo - offsets[t];                                                  \
-                    int64_t k = count_##SUFFIX(gs[t] + start, ms[t] + start, end - lo, sc, flags);    \
-                    _Pragma("omp atomic")                                                             \
-                    kept[t] += k;                                                                     \
-                }                                                                                     \
-                lo = end;                                                                             \
-            }                                                                                         \
-        }                                                                                             \
+        struct job_##SUFFIX job = {n, chunk, total, NULL, gs, (MT *const *)ms, offsets, sc, flags,    \
+                                   NULL, kept};                                                       \
+        parallel_chunks(count_chunk_##SUFFIX, &job, (total + chunk - 1) / chunk, threads);            \
     }                                                                                                 \
                                                                                                       \
     static int run_##SUFFIX(int64_t n, PT *const *ps, const PT *const *gs, MT *const *ms,             \
@@ -208,8 +392,6 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
         const int64_t total = offsets[n];                                                             \
         const int64_t chunks = (total + chunk - 1) / chunk;                                           \
         if (chunks == 0) return 0;                                                                    \
-        if (threads > chunks) threads = (int)chunks;                                                  \
-        if (threads < 1) threads = 1;                                                                 \
         CT *scale = NULL;                                                                             \
         if (flags & FLAG_CAUTIOUS) {                                                                  \
             /* counts: (kept, element count) per tensor, of the whole tensor (all shards). */         \
@@ -224,19 +406,8 @@ static int64_t tensor_of(const int64_t *offsets, int64_t n, int64_t index) {
                 scale[t] = (CT)1 / divisor;                                                           \
             }                                                                                         \
         }                                                                                             \
-        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                         \
-        for (int64_t c = 0; c < chunks; ++c) {                                                        \
-            int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;                     \
-            for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {                               \
-                int64_t end = offsets[t + 1] < hi ? offsets[t + 1] : hi;                              \
-                if (end > lo) {                                                                       \
-                    int64_t start = lo - offsets[t];                                                  \
-                    segment_##SUFFIX(ps[t] + start, gs[t] + start, ms[t] + start, end - lo, sc,       \
-                                     flags, scale != NULL ? scale[t] : (CT)1);                        \
-                }                                                                                     \
-                lo = end;                                                                             \
-            }                                                                                         \
-        }                                                                                             \
+        struct job_##SUFFIX job = {n, chunk, total, ps, gs, ms, offsets, sc, flags, scale, NULL};     \
+        parallel_chunks(update_chunk_##SUFFIX, &job, chunks, threads);                                \
         free(scale);                                                                                  \
         return 0;                                                                                     \
     }
@@ -640,6 +811,50 @@ static int stored_functions(int kind, stored_segment_fn *segment, stored_count_f
     }
 }
 
+/* One job of a stored-format call: what every chunk needs. */
+struct stored_job {
+    int count_only, f64;
+    stored_segment_fn segment;
+    stored_count_fn count;
+    int64_t n, chunk, total;
+    char *const *ps;
+    const char *const *gs;
+    char *const *ms;
+    float *const *ss;
+    const int64_t *numels, *offsets, *keys;
+    const float *sc;
+    const double *scalars;
+    int flags;
+    const float *cscale;
+    const double *cscale64;
+    int64_t *counts;
+};
+
+static void stored_chunk(const void *arg, int64_t c) {
+    const struct stored_job *j = (const struct stored_job *)arg;
+    int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;
+    for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {
+        int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;
+        int64_t start = lo - j->offsets[t];
+        int64_t stop = end - j->offsets[t] < j->numels[t] ? end - j->offsets[t] : j->numels[t];
+        if (stop > start) {
+            if (j->count_only) {
+                int64_t k = j->f64 ? stored_count_20_f64(j->gs[t], j->ms[t], j->ss[t], start, stop, j->scalars,
+                                                         j->flags)
+                                   : j->count(j->gs[t], j->ms[t], j->ss[t], start, stop, j->sc, j->flags);
+                ATOMIC_ADD(j->counts[t], k);
+            } else if (j->f64) {
+                stored_segment_20_f64(j->ps[t], j->gs[t], j->ms[t], j->ss[t], start, stop, (uint32_t)j->keys[t],
+                                      j->scalars, j->flags, j->cscale64 != NULL ? j->cscale64[t] : 1.0);
+            } else {
+                j->segment(j->ps[t], j->gs[t], j->ms[t], j->ss[t], start, stop, (uint32_t)j->keys[t],
+                           (uint32_t)j->keys[j->n + t], j->sc, j->flags, j->cscale != NULL ? j->cscale[t] : 1.0f);
+            }
+        }
+        lo = end;
+    }
+}
+
 /*
  * The stored-format entry point (count or update), for n tensors of one kind.
  *
@@ -660,21 +875,14 @@ static int stored_run(int count_only, int kind, int64_t n, const int64_t *table,
     const int f64 = kind == (SK_F64 | SK_M_INT8);
     if ((!f64 && stored_functions(kind, &segment, &count) != 0) || chunk <= 0 || chunk % INT8_BLOCK != 0)
         return -2;
-    char *const *ps = (char *const *)table;
-    const char *const *gs = (const char *const *)(table + n);
-    char *const *ms = (char *const *)(table + 2 * n);
-    float *const *ss = (float *const *)(table + 3 * n);
-    const int64_t *numels = table + 4 * n;
-    const int64_t *offsets = table + 5 * n;
     float sc[S_COUNT];
     for (int k = 0; k < S_COUNT; ++k) sc[k] = (float)scalars[k];
+    const int64_t *offsets = table + 5 * n;
     const int64_t total = offsets[n];
     const int64_t chunks = (total + chunk - 1) / chunk;
     if (count_only)
         for (int64_t t = 0; t < n; ++t) counts[t] = 0;
     if (chunks == 0) return 0;
-    if (threads > chunks) threads = (int)chunks;
-    if (threads < 1) threads = 1;
     float *cscale = NULL;
     double *cscale64 = NULL;
     if (!count_only && (flags & FLAG_CAUTIOUS)) {
@@ -693,30 +901,13 @@ static int stored_run(int count_only, int kind, int64_t n, const int64_t *table,
             cscale64[t] = 1.0 / (fraction64 > 0.0 ? fraction64 : 1.0);
         }
     }
-    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")
-    for (int64_t c = 0; c < chunks; ++c) {
-        int64_t lo = c * chunk, hi = lo + chunk < total ? lo + chunk : total;
-        for (int64_t t = tensor_of(offsets, n, lo); lo < hi; ++t) {
-            int64_t end = offsets[t + 1] < hi ? offsets[t + 1] : hi;
-            int64_t start = lo - offsets[t];
-            int64_t stop = end - offsets[t] < numels[t] ? end - offsets[t] : numels[t];
-            if (stop > start) {
-                if (count_only) {
-                    int64_t k = f64 ? stored_count_20_f64(gs[t], ms[t], ss[t], start, stop, scalars, flags)
-                                    : count(gs[t], ms[t], ss[t], start, stop, sc, flags);
-                    _Pragma("omp atomic")
-                    counts[t] += k;
-                } else if (f64) {
-                    stored_segment_20_f64(ps[t], gs[t], ms[t], ss[t], start, stop, (uint32_t)keys[t], scalars, flags,
-                                          cscale64 != NULL ? cscale64[t] : 1.0);
-                } else {
-                    segment(ps[t], gs[t], ms[t], ss[t], start, stop, (uint32_t)keys[t], (uint32_t)keys[n + t], sc,
-                            flags, cscale != NULL ? cscale[t] : 1.0f);
-                }
-            }
-            lo = end;
-        }
-    }
+    struct stored_job job = {
+        count_only, f64, segment, count, n, chunk, total,
+        (char *const *)table, (const char *const *)(table + n), (char *const *)(table + 2 * n),
+        (float *const *)(table + 3 * n), table + 4 * n, offsets, keys, sc, scalars, flags, cscale, cscale64,
+        counts,
+    };
+    parallel_chunks(stored_chunk, &job, chunks, threads);
     free(cscale);
     free(cscale64);
     return 0;

@@ -11,7 +11,8 @@ without a compiler: docs/kernels.md.
   its loops (``target_clones``), chosen once per process by the dynamic loader; never ``-march=native``,
   which would tie a wheel to the CPU that built it.
 * ``-ffp-contract=off``, no ``-ffast-math``: the results equal ``lion_core.reference`` bit for bit.
-* OpenMP when the compiler has it (probed below); otherwise the kernel runs on one thread.
+* ``-pthread``: the kernel's helper threads; OpenMP when the compiler has it (probed below), used
+  where there are no POSIX threads (otherwise the kernel runs on one thread there).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class BuildExt(build_ext):
             if not openmp:
                 print("lionkit: the C compiler has no OpenMP; the CPU kernel will run on one thread")
             for extension in self.extensions:
-                extension.extra_compile_args = [*UNIX_FLAGS, *openmp]
-                extension.extra_link_args = openmp
+                # -pthread: the kernel's helper threads (older glibc keeps pthreads in a library).
+                extension.extra_compile_args = [*UNIX_FLAGS, "-pthread", *openmp]
+                extension.extra_link_args = ["-pthread", *openmp]
         elif self.compiler.compiler_type == "msvc":
             for extension in self.extensions:
                 extension.extra_compile_args = ["/O2", "/fp:precise", "/openmp"]

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["DTYPE_CODE", "CautiousReduce", "KernelError", "LionKernel", "Scan", "split_formats"]
+__all__ = ["DTYPE_CODE", "CautiousReduce", "Formats", "KernelError", "LionKernel", "Scan", "check_formats"]
 
 #: The hook that turns each updated triple's local (kept, element count) into the global counts.
 CautiousReduce = Callable[[torch.Tensor], torch.Tensor]
@@ -120,7 +120,9 @@ class LionKernel(Protocol):
             ``momentum_keys[i]``: the step key of those codes' stochastic rounding,
             ``lion_core.step_key(derive_seed(seed, MOMENTUM_STREAM, t), step)``; ``param_keys[i]``:
             the step key of a bfloat16 parameter's stochastic rounding (``PARAM_STREAM``). A kernel
-            without a routine for a triple's format hands the triple back. Default ``None``.
+            without a routine for a triple's format hands the triple back; a list of another
+            length, or a ``scales[i]`` of another dtype, shape or device, raises KernelError
+            (:func:`check_formats`). Default ``None``.
 
         Returns:
           The sorted indices of the triples that were not updated.
@@ -242,25 +244,126 @@ def bulk_plain(
     return Scan(per_triple, pointers, key, everything)  # type: ignore[arg-type]
 
 
-def split_formats(
+class Formats(NamedTuple):
+    """The state formats of one call, checked (:func:`check_formats`), one entry per triple."""
+
+    #: The float32 block scales of an int8 momentum, else ``None``.
+    scales: list[torch.Tensor | None]
+    #: The step key of the momentum codes' rounding (0 without an int8 momentum).
+    momentum_keys: list[int]
+    #: The step key of a bfloat16 parameter's stochastic rounding (0 where it is rounded to nearest).
+    param_keys: list[int]
+    #: Whether the parameter is rounded stochastically (``param_keys[i]`` was given).
+    stochastic: list[bool]
+
+
+def _entries(name: str, values: Sequence[Any] | None, n: int) -> Sequence[Any]:
+    if values is None:
+        return [None] * n
+    if len(values) != n:
+        raise KernelError(f"`{name}` must have one entry per parameter. Received: {len(values)} "
+                          f"entries for {n} params")
+    return values
+
+
+def _key(name: str, i: int, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+        raise KernelError(f"`{name}[{i}]` must be a step key, an int 0 <= key < 2**32 "
+                          f"(lion_core.step_key). Received: {value!r}")
+    return value
+
+
+def check_formats(
     n: int,
+    params: Sequence[Any],
+    momenta: Sequence[Any],
     scales: Sequence[Any] | None,
     momentum_keys: Sequence[Any] | None,
     param_keys: Sequence[Any] | None,
-) -> tuple[list[int], list[int]]:
-    """The indices of the triples stored in plain floating formats, and of those with a state format
-    (an int8 momentum or a stochastically rounded parameter); raises KernelError for a list whose
-    length is not ``n``."""
+) -> Formats | None:
+    """Checks the state formats of a call; ``None`` when no triple has one (the plain float path).
+
+    An int8 momentum (``momenta[i]`` holds ``lion_core.INT8`` codes) comes with ``scales[i]``, a
+    contiguous float32 vector of ``INT8.blocks(numel)`` scales on the momentum's device, and a
+    ``momentum_keys[i]``; a ``param_keys[i]`` belongs to a bfloat16 parameter. Anything else raises
+    KernelError naming the argument, before anything is written.
+    """
+    if scales is None and momentum_keys is None and param_keys is None:  # the usual call: no cost
+        return None
     given = {"scales": scales, "momentum_keys": momentum_keys, "param_keys": param_keys}
-    for name, values in given.items():
-        if values is not None and len(values) != n:
-            raise KernelError(f"`{name}` must have one entry per parameter. Received: {len(values)} "
-                              f"entries for {n} params")
-    formatted = [i for i in range(n) if any(v is not None and v[i] is not None for v in given.values())]
-    if not formatted:
-        return list(range(n)), []
-    chosen = set(formatted)
-    return [i for i in range(n) if i not in chosen], formatted
+    columns = {name: _entries(name, values, n) for name, values in given.items()}
+    # Lists of None are a call without formats: found with C-level counts, not a loop over n.
+    if all(values is None or list(values).count(None) == n for values in given.values()):
+        return None
+    from lion_core import INT8
+
+    out = Formats([], [], [], [])
+    for i, (s, mk, pk) in enumerate(zip(columns["scales"], columns["momentum_keys"], columns["param_keys"])):
+        momentum = momenta[i]
+        codes = isinstance(momentum, torch.Tensor) and momentum.dtype == torch.int8
+        if s is None:
+            if codes:
+                raise KernelError(f"`scales[{i}]` is None, but `momenta[{i}]` holds int8 codes, which need "
+                                  "their block scales (lion_core.INT8)")
+            if mk is not None:
+                raise KernelError(f"`momentum_keys[{i}]` is given without `scales[{i}]`: only an int8 "
+                                  f"momentum is rounded with a key. Received: momentum_keys[{i}]={mk!r}")
+        else:
+            if not codes:
+                shown = momentum.dtype if isinstance(momentum, torch.Tensor) else type(momentum).__name__
+                raise KernelError(f"`scales[{i}]` is given, but `momenta[{i}]` is not int8 codes. "
+                                  f"Received: momenta[{i}] of {shown}")
+            blocks = INT8.blocks(momentum.numel())
+            if (
+                not is_plain(s)
+                or s.dtype != torch.float32
+                or s.dim() != 1
+                or s.numel() != blocks
+                or not s.is_contiguous()
+                or s.device != momentum.device
+            ):
+                shown = (f"{s.dtype} {tuple(s.shape)} on {s.device}" if isinstance(s, torch.Tensor)
+                         else type(s).__name__)
+                raise KernelError(
+                    f"`scales[{i}]` must be a contiguous float32 tensor of shape ({blocks},) (one scale per "
+                    f"block of {INT8.block_size}) on {momentum.device}. Received: {shown}"
+                )
+            if mk is None:
+                raise KernelError(f"`momentum_keys[{i}]` is None, but the int8 momentum's codes are rounded "
+                                  "stochastically with a step key (lion_core.step_key)")
+        if pk is not None:
+            param = params[i]
+            if not isinstance(param, torch.Tensor) or param.dtype != torch.bfloat16:
+                shown = param.dtype if isinstance(param, torch.Tensor) else type(param).__name__
+                raise KernelError(f"`param_keys[{i}]` is given for a parameter of {shown}: stochastic "
+                                  f"rounding stores bfloat16 parameters only")
+        out.scales.append(s)
+        out.momentum_keys.append(0 if mk is None else _key("momentum_keys", i, mk))
+        out.param_keys.append(0 if pk is None else _key("param_keys", i, pk))
+        out.stochastic.append(pk is not None)
+    return out
+
+
+def overlapping_spans(spans: Sequence[tuple[int, int, int, bool]]) -> list[int]:
+    """The sorted triple indices of the tensors that share memory with another tensor of the call.
+
+    ``spans``: ``(start, stop, triple, written)`` per tensor (a state format's extra buffers, such as
+    an int8 momentum's scales, included). A cluster of overlapping tensors that holds a written one
+    returns all its triples, as :func:`overlapping` does.
+    """
+    ordered = sorted(span for span in spans if span[1] > span[0])
+    found: set[int] = set()
+    cluster: list[tuple[int, int, int, bool]] = []
+    end = -1
+    for span in [*ordered, None]:
+        if span is None or span[0] >= end:
+            if len(cluster) > 1 and any(written for *_, written in cluster):
+                found.update(triple for _, _, triple, _ in cluster)
+            cluster, end = [], -1
+        if span is not None:
+            cluster.append(span)
+            end = max(end, span[1])
+    return sorted(found)
 
 
 def overlapping(pointers: Sequence[int], nbytes: Sequence[int], n: int) -> list[int]:
@@ -309,18 +412,24 @@ class TableCache:
         self.misses = 0
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._pinned: set[Hashable] = set()
+        # The entry used last, already at the end of the LRU order. A key of a few thousand items
+        # costs tens of microseconds to hash and compare, so a hit on it skips the second lookup
+        # that moving it to the end would make.
+        self._recent: Any = None
 
     def get(self, key: Hashable, build: Callable[[], Any], *, pin: bool = False) -> Any:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                self._entries.move_to_end(key)
+                if entry is not self._recent:
+                    self._entries.move_to_end(key)
                 self.hits += 1
             else:
                 self.misses += 1
                 entry = build()
                 self._entries[key] = entry
                 self._evict()
+            self._recent = entry
             if pin:
                 self._pinned.add(key)
             return entry
@@ -338,6 +447,7 @@ class TableCache:
     def clear(self) -> None:
         self._entries.clear()
         self._pinned.clear()
+        self._recent = None
         self.hits = self.misses = 0
 
     def __len__(self) -> int:

@@ -266,3 +266,199 @@ def lion_kernel(
         )
     if COUNT_ONLY:
         tl.atomic_add(counts_ptr + 2 * tensor, kept)
+
+
+# --- state formats: int8 momentum, stochastically rounded bfloat16 parameters ----------------------
+
+#: lion_core.INT8's block: one float32 scale per 256 elements of the flattened tensor.
+INT8_BLOCK: tl.constexpr = tl.constexpr(256)
+#: The momentum stored as int8 codes (lion_core.INT8) in the launcher's kind numbering.
+I8: tl.constexpr = tl.constexpr(4)
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+if triton.knobs.runtime.interpret:
+    # As for _add: the interpreter reduces with NumPy only for the standard library's function.
+    _maximum = tl.standard._elementwise_max  # noqa: F811
+
+
+@triton.jit
+def _mix32(x):
+    """lion_core.mix32 on uint32 values (products wrap modulo 2**32)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _random_bits(key, offsets):
+    """lion_core.counter_hash for the step key ``key`` at flat indices ``offsets`` (modulo 2**32)."""
+    index = (offsets & 0xFFFFFFFF).to(tl.uint32)
+    return _mix32(_mix32(index ^ key) + key)
+
+
+@triton.jit
+def _store_stochastic(ptr, offsets, x, random, mask):
+    """lion_core.stochastic_round_bfloat16_bits: add the top 16 random bits to the 16 dropped bits
+    and truncate; NaN keeps its sign and high payload, made quiet."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + (random >> 16)) >> 16
+    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    value = tl.where(is_nan, (bits | 0x00400000) >> 16, rounded).to(tl.uint16)
+    tl.store(ptr + offsets, value, mask=mask)
+
+
+@triton.jit
+def _stored_tile(
+    p_ptr, g_ptr, m_ptr, s_ptr, offsets, rows, mask, row_mask, lr, decay, beta1, one_minus_beta1, beta2,
+    one_minus_beta2, grad_scale, kept_fraction, momentum_key, param_key,
+    P_KIND: tl.constexpr, G_KIND: tl.constexpr, M_KIND: tl.constexpr, STOCHASTIC: tl.constexpr,
+    MAXIMIZE: tl.constexpr, CAUTIOUS: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, COUNT_ONLY: tl.constexpr,
+):
+    """One tile of whole blocks (``offsets``: rows of INT8_BLOCK flat indices, ``rows``: their block
+    numbers); returns how many entries the cautious mask keeps."""
+    g = _load_f32(g_ptr, offsets, mask, G_KIND, True)
+    if M_KIND == I8:
+        scale = tl.load(s_ptr + rows, mask=row_mask, other=0.0)
+        codes = tl.load(m_ptr.to(tl.pointer_type(tl.int8)) + offsets, mask=mask, other=0)
+        m = codes.to(tl.float32) * scale[:, None]
+    else:
+        m = _load_f32(m_ptr, offsets, mask, M_KIND, True)
+    if HAS_GRAD_SCALE:
+        g = tl.math.div_rn(g, grad_scale)
+    if MAXIMIZE:
+        g = -g
+    c = beta1 * m + one_minus_beta1 * g
+    u = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0)) + (c - c)
+    agree = u * g > 0
+    if COUNT_ONLY:
+        return tl.reduce(tl.reduce(agree.to(tl.int32), 1, _add), 0, _add)
+    else:
+        if CAUTIOUS:
+            u = tl.math.div_rn(u * tl.where(agree, u * u, 0.0), kept_fraction)
+        p = _load_f32(p_ptr, offsets, mask, P_KIND, True)
+        new_p = p * decay - lr * u
+        if STOCHASTIC:
+            _store_stochastic(p_ptr, offsets, new_p, _random_bits(param_key, offsets), mask)
+        else:
+            _store_f32(p_ptr, offsets, new_p, mask, P_KIND, True)
+        new_m = beta2 * m + one_minus_beta2 * g
+        if M_KIND == I8:
+            # lion_core.BlockwiseInt8.encode, one correctly rounded float32 operation at a time. The
+            # largest magnitude is taken on the bit patterns: a NaN's exceeds infinity's, so a NaN
+            # in the block makes its scale NaN, as NumPy's max does. Masked lanes hold 0.
+            largest = tl.reduce((new_m.to(tl.uint32, bitcast=True) & 0x7FFFFFFF), 1, _maximum)
+            new_scale = largest.to(tl.float32, bitcast=True) * 0.007874015718698502  # INV_CODE_MAX
+            tl.store(s_ptr + rows, new_scale, mask=row_mask)
+            inverse = tl.math.div_rn(tl.full(new_scale.shape, 1.0, tl.float32),
+                                     tl.where(new_scale == 0, 1.0, new_scale))
+            y = new_m * inverse[:, None]
+            # On NVIDIA GPUs floor is cvt.rmi.ftz: a subnormal y floors as +-0. The codes are the
+            # same: for y in (-2**-126, 0), floor(y) = -1 gives y - low = 1.0 (rounded) and q = 0
+            # for every u, as low = -0 gives q = 0 + (u < y) = 0; positive y floors to 0 either way.
+            low = tl.floor(y)
+            uniform = (_random_bits(momentum_key, offsets) >> 8).to(tl.float32) * 5.960464477539063e-08
+            q = low + tl.where(uniform < y - low, 1.0, 0.0)
+            q = tl.where(q == q, tl.minimum(tl.maximum(q, -127.0), 127.0), 0.0)  # noqa: PLR0124 (NaN: 0)
+            tl.store(m_ptr.to(tl.pointer_type(tl.int8)) + offsets, q.to(tl.int8), mask=mask)
+        else:
+            _store_f32(m_ptr, offsets, new_m, mask, M_KIND, True)
+        return 0
+
+
+@triton.jit(do_not_specialize=["n_tensors", "n_chunks"])
+def lion_stored_kernel(
+    addresses_ptr,
+    layout_ptr,
+    keys_ptr,
+    n_tensors,
+    n_chunks,
+    counts_ptr,
+    lr_ptr,
+    lr,
+    decay,
+    weight_decay: tl.float64,
+    max_lr: tl.float64,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    grad_scale_ptr,
+    found_inf_ptr,
+    P_KIND: tl.constexpr,
+    G_KIND: tl.constexpr,
+    M_KIND: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    LR_ON_DEVICE: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    CAUTIOUS: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    COUNT_ONLY: tl.constexpr,
+    ROWS: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """``lion_kernel`` for a group with a state format: an int8 momentum (``M_KIND == I8``; codes
+    at the momentum's address, float32 scales at ``addresses[3, t]``) and/or a bfloat16 parameter
+    rounded stochastically (``STOCHASTIC``). ``keys[2, T]``: int64 step keys of the momentum's and
+    the parameter's rounding. The program updates chunk ``pid`` (``CHUNK`` elements, a whole number
+    of blocks) in tiles of ``ROWS`` blocks: a block's scale needs all of its new momentum."""
+    if HAS_FOUND_INF:
+        if tl.load(found_inf_ptr) != 0:
+            return
+    pid = tl.program_id(0).to(tl.int64)
+    tensor = tl.load(layout_ptr + n_tensors + pid)
+    chunk = tl.load(layout_ptr + n_tensors + n_chunks + pid)
+    numel = tl.load(layout_ptr + tensor)
+    p_ptr = _typed(tl.load(addresses_ptr + tensor), P_KIND)
+    g_ptr = _typed(tl.load(addresses_ptr + n_tensors + tensor), G_KIND)
+    m_ptr = _typed(tl.load(addresses_ptr + 2 * n_tensors + tensor), M_KIND)
+    s_ptr = tl.load(addresses_ptr + 3 * n_tensors + tensor).to(tl.pointer_type(tl.float32))
+    momentum_key = (tl.load(keys_ptr + tensor) & 0xFFFFFFFF).to(tl.uint32)
+    param_key = (tl.load(keys_ptr + n_tensors + tensor) & 0xFFFFFFFF).to(tl.uint32)
+
+    if LR_ON_DEVICE:
+        lr_value = tl.load(lr_ptr)
+        lr64 = lr_value.to(tl.float64)
+        weight_decay64 = tl.full([], weight_decay, tl.float64)
+        if DECOUPLED:
+            decay64 = 1.0 - weight_decay64 * (lr64 / tl.full([], max_lr, tl.float64))
+        else:
+            decay64 = 1.0 - lr64 * weight_decay64
+        lr32 = lr_value.to(tl.float32)
+        decay32 = decay64.to(tl.float32)
+    else:
+        lr32 = lr
+        decay32 = decay
+    grad_scale = 1.0
+    if HAS_GRAD_SCALE:
+        grad_scale = tl.load(grad_scale_ptr).to(tl.float32)
+    kept_fraction = 1.0
+    if CAUTIOUS and not COUNT_ONLY:
+        kept_total = tl.load(counts_ptr + 2 * tensor)
+        whole = tl.load(counts_ptr + 2 * tensor + 1)
+        fraction = (kept_total.to(tl.float64) / whole.to(tl.float64)).to(tl.float32)
+        kept_fraction = tl.where(kept_total > 0, fraction, 1.0)
+
+    start = chunk * CHUNK  # int64, a multiple of INT8_BLOCK
+    length = tl.minimum(numel - start, CHUNK)
+    row_lanes = tl.arange(0, ROWS).to(tl.int64)
+    lanes = tl.arange(0, INT8_BLOCK).to(tl.int64)
+    kept = tl.full([], 0, tl.int64)
+    for offset in range(0, length, ROWS * INT8_BLOCK):
+        first = start + offset + row_lanes * INT8_BLOCK
+        offsets = first[:, None] + lanes[None, :]
+        kept += _stored_tile(
+            p_ptr, g_ptr, m_ptr, s_ptr, offsets, first // INT8_BLOCK, offsets < numel, first < numel, lr32,
+            decay32, beta1, one_minus_beta1, beta2, one_minus_beta2, grad_scale, kept_fraction, momentum_key,
+            param_key, P_KIND, G_KIND, M_KIND, STOCHASTIC, MAXIMIZE, CAUTIOUS, HAS_GRAD_SCALE, COUNT_ONLY,
+        )
+    if COUNT_ONLY:
+        tl.atomic_add(counts_ptr + 2 * tensor, kept)

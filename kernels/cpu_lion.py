@@ -20,12 +20,29 @@ so float32 and float64 results equal ``lion_core.reference.reference_lion(..., d
 bit. bfloat16 parameters and gradients (with a float32 or bfloat16 momentum) are widened to float32,
 updated in float32 and rounded once, to nearest even (NaN stored as torch stores it, ``0x7fc0``).
 
+State formats (``lion_core.state_spec``; ``scales``, ``momentum_keys``, ``param_keys``): a call with
+an int8 momentum (``lion_core.INT8``: codes in the momentum tensor, one float32 scale per 256
+elements of the flattened tensor) or a stochastically rounded bfloat16 parameter runs every triple
+it supports through the stored-format routine: per block, the codes are decoded (``code * scale``),
+the step above is taken, the parameter stored (bfloat16 to nearest, or stochastically with the bits
+``counter_hash`` gives for ``param_keys[i]``) and the new momentum encoded as
+``BlockwiseInt8.encode`` does (scale = absmax * INV_CODE_MAX, codes rounded stochastically with
+``momentum_keys[i]``): codes, scales and parameters equal ``lion_core.reference.reference_lion_stored``
+bit for bit. Float triples in such a call take the same routine (same bits as the float routines),
+so one cautious count and one ``cautious_reduce`` call cover the call. float64 parameters with an
+int8 momentum are computed in float64 (the codes decoded in float32 and encoded from the float64
+momentum, as the reference does); float64 triples with a float momentum are handed back there.
+Tensors start on block boundaries of the work space and chunks are whole blocks.
+
 The binary. The C source (``kernels/csrc/cpu_lion.c``) is compiled by setup.py when lionkit is
 installed (``pip install``, ``pip wheel``, editable installs alike) into the extension module
-``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off`` and OpenMP when the compiler has it.
+``lion_kernels._cpu_lion``, with ``-O3 -ffp-contract=off``. It runs on the calling thread and up to
+``torch.get_num_threads() - 1`` helper threads of its own (an OpenMP loop where there are no POSIX
+threads).
 Nothing is compiled at training time. One binary serves every x86-64 CPU: GCC's ``target_clones``
-compiles the streaming loops for AVX-512F, AVX2 and baseline x86-64, and the dynamic loader picks
-one per process from the CPU's features. Next to the binary, the build writes its SHA-256
+compiles the streaming loops for x86-64-v4 (AVX-512 with BW and VL; AVX-512F before GCC 12), AVX2
+and baseline x86-64, and the dynamic loader picks one per process from the CPU's features. Next to
+the binary, the build writes its SHA-256
 (``_cpu_lion.sha256``).
 
 Loading. :func:`unavailable_reason` only looks for the binary (``importlib.util.find_spec``); the
@@ -72,15 +89,18 @@ import lion_core
 
 from ._contract import (
     CautiousReduce,
+    Formats,
     KernelError,
     Scan,
     TableCache,
     bulk_plain,
+    check_formats,
     check_lengths,
     global_counts,
+    is_plain,
     overlapping,
+    overlapping_spans,
     plain_triple,
-    split_formats,
     triple_code,
 )
 
@@ -91,7 +111,7 @@ device_type = "cpu"
 
 #: The extension module setup.py builds; its ABI number must equal LIONKIT_CPU_ABI in the C source.
 EXTENSION = "lion_kernels._cpu_lion"
-_ABI = 2
+_ABI = 3
 #: Elements per work item. Large enough that each item is a long streaming loop, small enough that
 #: two threads split a 2M-element group evenly.
 _CHUNK = 1 << 16
@@ -125,6 +145,10 @@ _SIGNATURE = (
 )
 
 
+#: The stored-format entry points (count and update) take the step keys after the table.
+_STORED_SIGNATURE = (*_SIGNATURE[:3], ctypes.c_void_p, *_SIGNATURE[3:])
+
+
 class _Library:
     """The loaded kernel, or why it could not be loaded. Loaded once per process, under a lock."""
 
@@ -133,6 +157,8 @@ class _Library:
         self.tried = False
         self.lion: Any = None
         self.count: Any = None
+        self.stored: Any = None
+        self.count_stored: Any = None
         self.error: str | None = None
 
 
@@ -198,6 +224,9 @@ def _load_library() -> None:
     prototype = ctypes.CFUNCTYPE(ctypes.c_int, *_SIGNATURE)
     _library.lion = prototype(module.lion_address)
     _library.count = prototype(module.count_address)
+    stored = ctypes.CFUNCTYPE(ctypes.c_int, *_STORED_SIGNATURE)
+    _library.stored = stored(module.stored_address)
+    _library.count_stored = stored(module.count_stored_address)
 
 
 def _load() -> Any:
@@ -220,7 +249,8 @@ def supports(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) ->
 
     True for plain (not subclassed) dense, contiguous CPU tensors of one shape, with (param, grad,
     momentum) dtypes float32/float32/float32, float64/float64/float64, or bfloat16/bfloat16 with a
-    float32 or bfloat16 momentum. Does not check :func:`unavailable_reason`.
+    float32 or bfloat16 momentum. Does not check :func:`unavailable_reason`. (An int8 momentum is
+    updated only with its ``scales`` and keys, in a call with state formats; see :func:`lion_`.)
     """
     try:
         return (
@@ -318,15 +348,19 @@ def lion_(
         Default ``None``.
       cautious_reduce: turns local (kept, count) rows into global ones (DTensor shards). Default
         ``None``.
-      scales, momentum_keys, param_keys: state formats (``lion_kernels._contract``); a triple with
-        one is handed back (no routine yet). Default ``None``.
+      scales, momentum_keys, param_keys: state formats (``lion_kernels._contract``): int8
+        momenta (codes in ``momenta[i]``, block scales in ``scales[i]``, updated in place) and
+        stochastically rounded bfloat16 parameters, updated by the stored-format routine (see
+        below). Default ``None``.
 
     Returns:
       The sorted indices of the triples left untouched: unsupported, or overlapping in memory.
 
     Raises:
       KernelError: the kernel is unavailable (see :func:`unavailable_reason`), the lists differ in
-        length, or ``cautious_reduce`` returned something else than the counts' shape and dtype.
+        length, a state format is misused (``_contract.check_formats``: ``scales[i]`` of another
+        dtype, shape or device, a missing key, ...), or ``cautious_reduce`` returned something
+        else than the counts' shape and dtype.
         Nothing has been written when it is raised.
 
     Example:
@@ -347,17 +381,16 @@ def lion_(
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
     n = check_lengths(params, grads, momenta)
-    plain, formatted = split_formats(n, scales, momentum_keys, param_keys)
-    if formatted:
-        left = lion_(
-            [params[i] for i in plain], [grads[i] for i in plain], [momenta[i] for i in plain], lr=lr,
-            beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
-            maximize=maximize, grad_scale=grad_scale, found_inf=found_inf, cautious_reduce=cautious_reduce,
-        )
-        return sorted([*formatted, *(plain[j] for j in left)])
+    formats = check_formats(n, params, momenta, scales, momentum_keys, param_keys)
     library = _load()
     if n == 0 or (found_inf is not None and float(found_inf) != 0.0):
         return []
+    if formats is not None:
+        return _lion_stored(
+            library, params, grads, momenta, formats, lr=lr, beta1=beta1, beta2=beta2,
+            weight_decay=weight_decay, max_lr=max_lr, cautious=cautious, maximize=maximize,
+            grad_scale=grad_scale, cautious_reduce=cautious_reduce,
+        )
     scan = bulk_plain(params, grads, momenta, _CODES)
     refused: list[int] = []
     if scan is not None and all(map(_is_cpu, scan.tensors)):
@@ -428,3 +461,171 @@ def lion_(
         torch._C._increment_version([momenta[i] for i in plan.updated])
     aliased = plan.overlapping if positions is None else [positions[i] for i in plan.overlapping]
     return sorted([*refused, *aliased])
+
+
+# --- state formats ------------------------------------------------------------------------------
+
+#: (parameter dtype, momentum dtype, stochastic parameter rounding) -> the C source's stored kind
+#: (SK_P_BF16 = 1, SK_M_BF16 = 2, SK_M_INT8 = 4, SK_STOCHASTIC = 8, SK_F64 = 16); gradients have
+#: the parameter's dtype. A call with state formats runs every triple it supports through these
+#: routines, float momenta included (the same operation order as the float routines: the same
+#: bits), so that one plan, one cautious count and one ``cautious_reduce`` call serve the call.
+_STORED_KINDS: dict[tuple[torch.dtype, torch.dtype, bool], int] = {
+    (torch.float32, torch.float32, False): 0,
+    (torch.float32, torch.int8, False): 4,
+    (torch.bfloat16, torch.float32, False): 1,
+    (torch.bfloat16, torch.bfloat16, False): 3,
+    (torch.bfloat16, torch.int8, False): 5,
+    (torch.bfloat16, torch.float32, True): 9,
+    (torch.bfloat16, torch.bfloat16, True): 11,
+    (torch.bfloat16, torch.int8, True): 13,
+    (torch.float64, torch.int8, False): 20,  # SK_F64 | SK_M_INT8: computed in float64
+}
+_BLOCK = lion_core.INT8.block_size
+_stored_plans = TableCache(_CACHE_SIZE)
+
+
+def _stored_kind(param: Any, grad: Any, momentum: Any, stochastic: bool) -> int | None:
+    """The stored kind of a triple of a call with state formats, or None (handed back)."""
+    try:
+        if not (
+            is_plain(param, grad, momentum)
+            and param.layout is torch.strided
+            and grad.layout is torch.strided
+            and momentum.layout is torch.strided
+            and grad.dtype == param.dtype
+            and param.shape == grad.shape == momentum.shape
+            and param.is_cpu
+            and grad.is_cpu
+            and momentum.is_cpu
+            and param.is_contiguous()
+            and grad.is_contiguous()
+            and momentum.is_contiguous()
+            and not (param.is_neg() or grad.is_neg() or momentum.is_neg())
+        ):
+            return None
+        return _STORED_KINDS.get((param.dtype, momentum.dtype, stochastic))
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class _StoredPlan:
+    """A call with state formats, planned: the overlapping triples, and per stored kind the positions
+    it updates and its table (pointers of parameters, gradients, momenta and scales; element counts;
+    offsets padded to whole blocks, so that every block belongs to one chunk)."""
+
+    def __init__(self, tensors: Sequence[tuple[Any, ...]], kinds: Sequence[int | None]) -> None:
+        spans = []
+        for i, (p, g, m, s) in enumerate(tensors):
+            if kinds[i] is None:
+                continue
+            for tensor, written in ((p, True), (g, False), (m, True), (s, True)):
+                if tensor is not None:
+                    start = tensor.data_ptr()
+                    spans.append((start, start + tensor.numel() * tensor.element_size(), i, written))
+        self.overlapping = overlapping_spans(spans)
+        skip = set(self.overlapping)
+        self.updated = [i for i, kind in enumerate(kinds) if kind is not None and i not in skip]
+        self.numels = [tensors[i][0].numel() for i in self.updated]
+        self.tables: list[tuple[int, list[int], array]] = []
+        for kind in sorted({kinds[i] for i in self.updated}):  # type: ignore[type-var]
+            chosen = [i for i in self.updated if kinds[i] == kind]
+            table = array("q")
+            for column in range(4):
+                table.extend(
+                    0 if tensors[i][column] is None else tensors[i][column].data_ptr() for i in chosen
+                )
+            numels = [tensors[i][0].numel() for i in chosen]
+            table.extend(numels)
+            table.append(0)
+            table.extend(itertools.accumulate(-(-size // _BLOCK) * _BLOCK for size in numels))
+            self.tables.append((kind, chosen, table))
+
+
+def _lion_stored(
+    library: Any,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    momenta: Sequence[torch.Tensor],
+    formats: Formats,
+    *,
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    max_lr: float | None,
+    cautious: bool,
+    maximize: bool,
+    grad_scale: torch.Tensor | None,
+    cautious_reduce: CautiousReduce | None,
+) -> list[int]:
+    """:func:`lion_` for a call with state formats (int8 momenta, stochastically rounded bfloat16
+    parameters): every supported triple, float formats included, through the stored routines."""
+    n = len(params)
+    kinds = [_stored_kind(params[i], grads[i], momenta[i], formats.stochastic[i]) for i in range(n)]
+    refused = [i for i in range(n) if kinds[i] is None]
+    tensors = [(params[i], grads[i], momenta[i], formats.scales[i]) for i in range(n)]
+    key = (
+        tuple(
+            0 if t is None or kinds[i] is None else t.data_ptr() for i, row in enumerate(tensors) for t in row
+        ),
+        tuple(None if kinds[i] is None else params[i].shape for i in range(n)),
+        tuple(kinds),
+    )
+    plan = _stored_plans.get(key, lambda: _StoredPlan(tensors, kinds))
+
+    lr = float(lr)
+    beta1, beta2 = float(beta1), float(beta2)
+    scalars = array(
+        "d",
+        (
+            beta1,
+            1 - beta1,
+            beta2,
+            1 - beta2,
+            lr,
+            lion_core.decay_factor(lr, float(weight_decay), None if max_lr is None else float(max_lr)),
+            1.0 if grad_scale is None else float(grad_scale),
+        ),
+    )
+    flags = (_CAUTIOUS if cautious else 0) | (_MAXIMIZE if maximize else 0)
+    flags |= 0 if grad_scale is None else _UNSCALE
+    threads = torch.get_num_threads()
+    scalars_address = scalars.buffer_info()[0]
+    keys = {
+        kind: array("q", [formats.momentum_keys[i] for i in chosen] + [formats.param_keys[i] for i in chosen])
+        for kind, chosen, _ in plan.tables
+    }
+
+    counts: dict[int, array] = {}
+    if cautious and plan.updated:
+        kept: dict[int, int] = {}
+        for kind, chosen, table in plan.tables:
+            out = array("q", bytes(8 * len(chosen)))
+            status = library.count_stored(
+                kind, len(chosen), table.buffer_info()[0], keys[kind].buffer_info()[0], scalars_address,
+                flags, _CHUNK, threads, out.buffer_info()[0],
+            )
+            if status != 0:
+                raise MemoryError(f"the fused CPU Lion kernel's count failed with status {status}")
+            kept.update(zip(chosen, out))
+        local = torch.tensor([[kept[i], size] for i, size in zip(plan.updated, plan.numels)],
+                             dtype=torch.int64).reshape(len(plan.updated), 2)
+        rows = global_counts(cautious_reduce, local).tolist()
+        row_of = dict(zip(plan.updated, rows))
+        for kind, chosen, _ in plan.tables:
+            counts[kind] = array("q", [value for i in chosen for value in row_of[i]])
+    for kind, chosen, table in plan.tables:
+        status = library.stored(
+            kind, len(chosen), table.buffer_info()[0], keys[kind].buffer_info()[0], scalars_address, flags,
+            _CHUNK, threads, counts[kind].buffer_info()[0] if kind in counts else None,
+        )
+        if status != 0:
+            raise MemoryError(f"the fused CPU Lion kernel failed with status {status}")
+    if plan.updated:
+        torch._C._increment_version([params[i] for i in plan.updated])
+        torch._C._increment_version([momenta[i] for i in plan.updated])
+        written_scales = [s for s in (formats.scales[i] for i in plan.updated) if s is not None]
+        if written_scales:
+            torch._C._increment_version(written_scales)
+    return sorted([*refused, *plan.overlapping])

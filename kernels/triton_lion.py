@@ -79,14 +79,17 @@ import lion_core
 from ._contract import (
     DTYPE_CODE,
     CautiousReduce,
+    Formats,
     KernelError,
     TableCache,
     bulk_plain,
+    check_formats,
     check_lengths,
     global_counts,
+    is_plain,
     overlapping,
+    overlapping_spans,
     plain_triple,
-    split_formats,
     triple_code,
 )
 
@@ -198,7 +201,8 @@ def supports(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor) ->
     one CUDA device (or on the CPU with ``TRITON_INTERPRET=1``) that are all contiguous, or all
     channels-last. False for anything else: strided views, complex tensors (pass
     ``torch.view_as_real`` views), float64, sparse tensors, tensors on different devices, subclasses
-    (DTensor: pass its local shard). Does not check :func:`unavailable_reason`.
+    (DTensor: pass its local shard). Does not check :func:`unavailable_reason`. (An int8 momentum
+    is updated only with its ``scales`` and keys, in a call with state formats; see :func:`lion_`.)
     """
     try:
         return (
@@ -375,15 +379,18 @@ def lion_(
         (a CPU flag is read on the host, and ``[]`` returned). Default ``None``.
       cautious_reduce: turns the local (kept, count) rows into global ones (DTensor shards); the
         rows are assembled on the tensors' device. Default ``None``.
-      scales, momentum_keys, param_keys: state formats (``lion_kernels._contract``); a triple with
-        one is handed back (no routine yet). Default ``None``.
+      scales, momentum_keys, param_keys: state formats (``lion_kernels._contract``): int8
+        momenta (codes in ``momenta[i]``, block scales in ``scales[i]``, updated in place) and
+        stochastically rounded bfloat16 parameters, updated by ``lion_stored_kernel`` (see
+        :func:`_lion_stored`). Default ``None``.
 
     Returns:
       The sorted indices of the triples left untouched: unsupported, or overlapping in memory.
 
     Raises:
       KernelError: Triton is missing or broken, there is no CUDA device (see
-        :func:`unavailable_reason`), the lists differ in length, ``cautious_reduce`` is given for
+        :func:`unavailable_reason`), the lists differ in length, a state format is misused
+        (``_contract.check_formats``), ``cautious_reduce`` is given for
         tensors on several devices or returned counts of another shape or dtype.
 
     Example:
@@ -398,14 +405,7 @@ def lion_(
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
     n = check_lengths(params, grads, momenta)
-    plain, formatted = split_formats(n, scales, momentum_keys, param_keys)
-    if formatted:
-        left = lion_(
-            [params[i] for i in plain], [grads[i] for i in plain], [momenta[i] for i in plain], lr=lr,
-            beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
-            maximize=maximize, grad_scale=grad_scale, found_inf=found_inf, cautious_reduce=cautious_reduce,
-        )
-        return sorted([*formatted, *(plain[j] for j in left)])
+    formats = check_formats(n, params, momenta, scales, momentum_keys, param_keys)
     reason = unavailable_reason()
     if reason is not None:
         raise KernelError(f"The fused Triton Lion kernel cannot run: {reason}")
@@ -413,6 +413,13 @@ def lion_(
         return []
     if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
         return []
+    if formats is not None:
+        return _lion_stored(
+            params, grads, momenta, formats, lr=lr, beta1=float(beta1), beta2=float(beta2),
+            weight_decay=float(weight_decay), max_lr=None if max_lr is None else float(max_lr),
+            cautious=bool(cautious), maximize=bool(maximize), grad_scale=grad_scale, found_inf=found_inf,
+            cautious_reduce=cautious_reduce,
+        )
     tensors = [*params, *grads, *momenta]
     positions: list[int] | None = None
     refused: list[int] = []
@@ -605,19 +612,21 @@ def _compiled_variants() -> int:
     return sum(len(caches[0]) for caches in module.lion_kernel.device_caches.values())
 
 
-def _compile_for_inspection(arch: int = 90, **constexprs: Any) -> dict[str, Any]:
+def _compile_for_inspection(arch: int = 90, *, stored: bool = False, **constexprs: Any) -> dict[str, Any]:
     """Compiles the kernel for an NVIDIA GPU of compute capability ``arch`` without needing one.
 
     Returns Triton's assembly stages (``ttir``, ``ttgir``, ``llir``, ``ptx``, ``cubin``), so tests
     and maintainers can check what the GPU will run: no FMA contraction, correctly rounded
     division, 16-byte vector accesses. Pointer arguments are assumed 16-byte aligned, as the
     launcher's tensors are; ``constexprs`` override the float32, non-cautious defaults.
+    ``stored=True`` compiles ``lion_stored_kernel`` (state formats; default: an int8 momentum).
     """
     triton = _import_triton()
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = _kernel_module(interpret=False).lion_kernel
+    module = _kernel_module(interpret=False)
+    kernel = module.lion_stored_kernel if stored else module.lion_kernel
     signature = dict(
         addresses_ptr="*i64", layout_ptr="*i64", n_tensors="i32", n_chunks="i32", counts_ptr="*i64",
         lr_ptr="*fp32", lr="fp32", decay="fp32", weight_decay="fp64", max_lr="fp64", beta1="fp32",
@@ -629,6 +638,11 @@ def _compile_for_inspection(arch: int = 90, **constexprs: Any) -> dict[str, Any]
         CAUTIOUS=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False, COUNT_ONLY=False, ALIGNED=True,
         BLOCK=BLOCK, CHUNK=CHUNK,
     )
+    if stored:
+        signature = {"addresses_ptr": "*i64", "layout_ptr": "*i64", "keys_ptr": "*i64", **{
+            k: v for k, v in signature.items() if k not in ("addresses_ptr", "layout_ptr")}}
+        del values["ALIGNED"], values["BLOCK"]
+        values.update(M_KIND=_INT8_KIND, STOCHASTIC=False, ROWS=_ROWS)
     values.update(constexprs)
     signature.update({name: "constexpr" for name in values})
     attrs = {
@@ -642,3 +656,157 @@ def _compile_for_inspection(arch: int = 90, **constexprs: Any) -> dict[str, Any]
         options={"num_warps": NUM_WARPS, "enable_fp_fusion": False},
     )
     return dict(compiled.asm)
+
+
+# --- state formats ------------------------------------------------------------------------------
+
+#: ``lion_stored_kernel``'s code for an int8 momentum (``_triton_lion_kernels.I8``).
+_INT8_KIND = 4
+_STORED_STORAGE = frozenset({torch.float32, torch.bfloat16, torch.float16})
+#: Blocks of ``lion_core.INT8`` per tile of a program (``ROWS * 256 = BLOCK`` elements).
+_ROWS = BLOCK // lion_core.INT8.block_size
+_stored_overlaps = TableCache(_CACHE_SIZE)
+
+
+def _stored_supported(param: Any, grad: Any, momentum: Any) -> bool:
+    """Whether a triple of a call with state formats runs through ``lion_stored_kernel``: plain,
+    contiguous tensors of one shape on one usable device; float32, bfloat16 or float16 parameters
+    and gradients; such a momentum, or int8 codes. (A block is a run of the flattened tensor, so
+    channels-last triples, supported without formats, are handed back here.)"""
+    try:
+        return (
+            is_plain(param, grad, momentum)
+            and param.layout is torch.strided
+            and grad.layout is torch.strided
+            and momentum.layout is torch.strided
+            and param.dtype in _STORED_STORAGE
+            and grad.dtype in _STORED_STORAGE
+            and (momentum.dtype in _STORED_STORAGE or momentum.dtype == torch.int8)
+            and param.shape == grad.shape == momentum.shape
+            and grad.device == param.device
+            and momentum.device == param.device
+            and _device_ok(param.device)
+            and param.is_contiguous()
+            and grad.is_contiguous()
+            and momentum.is_contiguous()
+            and not (param.is_neg() or grad.is_neg() or momentum.is_neg())
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _lion_stored(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    momenta: Sequence[torch.Tensor],
+    formats: Formats,
+    *,
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    max_lr: float | None,
+    cautious: bool,
+    maximize: bool,
+    grad_scale: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+    cautious_reduce: CautiousReduce | None,
+) -> list[int]:
+    """:func:`lion_` for a call with state formats: every supported triple, float momenta included
+    (the same operation order as ``lion_kernel``), through ``lion_stored_kernel``, one launch per
+    (device, dtypes, rounding) group, with one cautious count and one ``cautious_reduce`` call.
+
+    Per block of 256 elements of the flattened tensor, in float32: the codes are decoded
+    (``code * scale``), the Lion step is taken, the parameter stored (bfloat16: to nearest, or
+    stochastically with ``param_keys[i]``), and the new momentum encoded as
+    ``lion_core.BlockwiseInt8.encode`` does, bit for bit (scale = absmax * INV_CODE_MAX; codes
+    ``floor(y) + (u < y - floor(y))``, ``u`` from ``counter_hash`` with ``momentum_keys[i]``).
+    """
+    n = len(params)
+    supported = [_stored_supported(params[i], grads[i], momenta[i]) for i in range(n)]
+    if any(_capturing(params[i].device) for i in range(n) if supported[i]):
+        raise KernelError(
+            "The fused Lion step with state formats (int8 momentum, stochastic rounding) cannot be "
+            "captured in a CUDA graph: its step keys change every step and are copied to the device. "
+            "Run it without capture, or use float momenta and nearest rounding."
+        )
+    refused = [i for i in range(n) if not supported[i]]
+    _import_triton()
+    rows = [(params[i], grads[i], momenta[i], formats.scales[i]) for i in range(n)]
+    pointers = tuple(
+        0 if t is None or not supported[i] else t.data_ptr() for i, row in enumerate(rows) for t in row
+    )
+    numels = [params[i].numel() if supported[i] else 0 for i in range(n)]
+    signature = tuple(
+        (params[i].dtype, grads[i].dtype, momenta[i].dtype, formats.stochastic[i]) if supported[i] else None
+        for i in range(n)
+    )
+    devices = [params[i].device if supported[i] else None for i in range(n)]
+    key = (pointers, tuple(numels), signature)
+
+    def spans() -> list[int]:
+        out = []
+        for i, row in enumerate(rows):
+            if supported[i]:
+                for tensor, written in zip(row, (True, False, True, True)):
+                    if tensor is not None:
+                        start = tensor.data_ptr()
+                        out.append((start, start + tensor.numel() * tensor.element_size(), i, written))
+        return overlapping_spans(out)
+
+    aliased = _cached(_stored_overlaps, key, spans,
+                      capturing=any(_capturing(d) for d in set(devices) if d is not None))
+    skip = set(aliased)
+    updated = [i for i in range(n) if supported[i] and i not in skip]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i in updated:
+        if numels[i]:
+            groups.setdefault((devices[i], *signature[i]), []).append(i)  # type: ignore[misc]
+    if cautious and cautious_reduce is not None and len({devices[i] for i in updated}) > 1:
+        raise KernelError(
+            "`cautious_reduce` needs the tensors of one call on one device: their counts are gathered "
+            f"into one tensor. Received: tensors on {sorted(str(d) for d in {devices[i] for i in updated})}"
+        )
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, maximize=maximize,
+                 grad_scale=grad_scale, found_inf=found_inf)
+    launches = []
+    for group, members in groups.items():
+        device, p_dtype, g_dtype, m_dtype, stochastic = group
+        launch = _prepare((device, p_dtype, g_dtype, torch.float32), tuple(numels[i] for i in members),
+                          tuple(pointers[4 * i + k] for k in range(3) for i in members), cautious, **hyper)
+        # [param (T), grad (T), momentum (T), scales (T)]: 0 for a float momentum's scales.
+        four = tuple(pointers[4 * i + k] for k in range(4) for i in members)
+        table = _cached(_addresses, (device, "stored", four),
+                        lambda four=four, device=device: _build_addresses(four, device),
+                        capturing=_capturing(device))
+        keys = torch.tensor(
+            [formats.momentum_keys[i] for i in members] + [formats.param_keys[i] for i in members],
+            dtype=torch.int64,
+        )
+        arguments = dict(launch.arguments)
+        arguments.update(
+            addresses_ptr=table.table,
+            keys_ptr=_to_device(keys, device),
+            M_KIND=_INT8_KIND if m_dtype == torch.int8 else DTYPE_CODE[m_dtype],
+            STOCHASTIC=bool(stochastic),
+            ROWS=_ROWS,
+        )
+        del arguments["ALIGNED"], arguments["BLOCK"]
+        kernel = _kernel_module(interpret=device.type == "cpu").lion_stored_kernel
+        launches.append((members, _Launch(kernel, launch.grid, arguments, device, launch.counts)))
+    if cautious:
+        for _, launch in launches:
+            launch.count()
+        if cautious_reduce is not None and updated:
+            device = devices[updated[0]]
+            local = torch.zeros((len(updated), 2), dtype=torch.int64, device=device)
+            row = {i: r for r, i in enumerate(updated)}
+            where = [torch.tensor([row[i] for i in members], device=device) for members, _ in launches]
+            for (_, launch), positions in zip(launches, where):
+                local.index_copy_(0, positions, launch.counts)
+            total = global_counts(cautious_reduce, local)
+            for (_, launch), positions in zip(launches, where):
+                launch.counts = total.index_select(0, positions)
+    for _, launch in launches:
+        launch.update()
+    return sorted([*refused, *aliased])

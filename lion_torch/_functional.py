@@ -486,6 +486,16 @@ _PLAIN_TYPES = frozenset({Tensor, torch.nn.Parameter})
 # costs as much as the kernel's pass over a small model's memory.
 _DEVICE = operator.attrgetter("device")
 _DTYPE = operator.attrgetter("dtype")
+_IS_CPU = operator.attrgetter("is_cpu")  # a bool: half the cost of reading a torch.device
+_CPU = torch.device("cpu")
+
+
+def _device_types(tensors: Sequence[Tensor]) -> set[str]:
+    """The device types of ``tensors``; all on the CPU (the usual case) is found without reading
+    one ``torch.device`` per tensor."""
+    if tensors and all(map(_IS_CPU, tensors)):
+        return {"cpu"}
+    return {device.type for device in set(map(_DEVICE, tensors))}
 #: Batches of one ``_fused_lion`` call: (device, cautious count reduction) -> (indices into the
 #: caller's lists, then the params, grads and momenta the kernel receives: plain tensors or local shards).
 _Batches = dict[tuple[torch.device, object], tuple[Sequence[int], list[Tensor], list[Tensor], list[Tensor]]]
@@ -537,7 +547,7 @@ def _kernel_batches(
     if types <= _PLAIN_TYPES and not any(dtype.is_complex for dtype in set(map(_DTYPE, params))):
         # The common case without a per-tensor loop: with hundreds of small tensors, sorting them
         # one by one costs a good part of the kernel's pass over memory.
-        devices = set(map(_DEVICE, params))
+        devices = {_CPU} if all(map(_IS_CPU, params)) else set(map(_DEVICE, params))
         if len(devices) == 1:
             return {(devices.pop(), None): (range(len(params)), params, grads, exp_avgs)}, []
     dtensor = None if types <= _PLAIN_TYPES else _dtensor_type()
@@ -704,7 +714,7 @@ def _choose(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) 
         fused = (
             foreach is None
             and not _compiling()
-            and _default_is_fused({device.type for device in set(map(_DEVICE, params))})
+            and _default_is_fused(_device_types(params))
         )
     return (not fused) if foreach is None else foreach, fused
 

@@ -242,6 +242,29 @@ def test_a_tensor_changed_at_the_same_address_is_planned_again(kernel, change):
         assert torch.equal(b.view(torch.int32), c.view(torch.int32)), f"tensor {k} differs"
 
 
+def test_the_plan_cache_returns_only_an_equal_keys_entry_and_evicts_the_least_recent():
+    """``TableCache`` skips re-ordering on a hit of the entry it returned last: that entry must still
+    be the most recent one (evicted last), and a hit must never be the last entry for another key."""
+    from lion_kernels._contract import TableCache
+
+    cache = TableCache(2)
+    built: list[str] = []
+
+    def get(key: tuple[int, ...]) -> str:
+        return cache.get(key, lambda: built.append(f"{key}") or f"{key}")
+
+    assert get((1, 2)) == "(1, 2)" and get((1, 2)) == "(1, 2)"  # a hit on the last entry
+    assert get((3,)) == "(3,)" and get((1, 2)) == "(1, 2)"  # (1, 2) moved after (3,)
+    assert get((4,)) == "(4,)"  # evicts (3,), the least recent
+    assert (1, 2) in cache and (3,) not in cache and (4,) in cache
+    assert get((1, 2)) == "(1, 2)" and get((5,)) == "(5,)"  # evicts (4,)
+    assert (4,) not in cache and (1, 2) in cache
+    assert get((4,)) == "(4,)"  # built again: (1, 2) is now the least recent and goes
+    assert built == ["(1, 2)", "(3,)", "(4,)", "(5,)", "(4,)"] and (1, 2) not in cache
+    cache.clear()
+    assert get((5,)) == "(5,)" and built[-1] == "(5,)" and (cache.hits, cache.misses) == (0, 1)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_a_gradient_that_is_another_triples_parameter_is_an_overlap(kernel):
     a, b = torch.ones(4), torch.ones(4)

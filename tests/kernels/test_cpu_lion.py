@@ -289,15 +289,18 @@ def test_the_binary_is_the_installed_extension_and_loads_lazily():
 
 
 def test_the_binary_dispatches_on_the_instruction_set():
-    """One binary for every x86-64 CPU: AVX-512F, AVX2 and baseline copies of the loops, picked by
-    an ifunc resolver when the library is loaded; never -march=native."""
+    """One binary for every x86-64 CPU: AVX-512 (x86-64-v4 from GCC 12, AVX-512F before), AVX2 and
+    baseline copies of the loops (the state-format loops too), picked by an ifunc resolver when the
+    library is loaded; never -march=native."""
     import platform
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"target_clones dispatch is built on x86-64 only; this is {platform.machine()}")
     data = Path(cpu_lion._binary()).read_bytes()  # type: ignore[arg-type]
-    for clone in (b"segment_f32.avx512f", b"segment_f32.avx2", b"segment_f32.default"):
-        assert clone in data, f"{clone!r} is missing from the binary"
+    for loop in (b"segment_f32", b"stored_segment_13"):
+        assert loop + b".arch_x86_64_v4" in data or loop + b".avx512f" in data, f"no AVX-512 copy of {loop!r}"
+        for clone in (loop + b".avx2", loop + b".default"):
+            assert clone in data, f"{clone!r} is missing from the binary"
 
 
 def test_no_binary_names_the_cause_and_lion_raises(monkeypatch):
@@ -384,3 +387,58 @@ def test_two_threads_calling_lion_first_in_a_fresh_process():
     out = _python(_THREADS)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] [] [] True"
+
+
+_POOL = """
+import os, threading, torch
+from lion_kernels import cpu_lion
+SIZES = [3 * cpu_lion._CHUNK + 17, 1023, 2 * cpu_lion._CHUNK]  # several chunks: the helpers take some
+HYPER = dict(lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.1, max_lr=None, maximize=False)
+
+def problem(seed):
+    g = torch.Generator().manual_seed(seed)
+    return ([torch.randn(n, generator=g) for n in SIZES], [torch.randn(n, generator=g) for n in SIZES],
+            [torch.zeros(n) for n in SIZES])
+
+def run(seed, steps=12):
+    p, g, m = problem(seed)
+    for step in range(steps):
+        assert cpu_lion.lion_(p, g, m, cautious=step % 2 == 1, **HYPER) == []
+    return p + m
+
+torch.set_num_threads(1)
+expected = {seed: run(seed) for seed in range(4)}  # the calling thread alone
+torch.set_num_threads(3)
+same = lambda seed, got: all(torch.equal(a, b) for a, b in zip(expected[seed], got))
+print("helpers:", same(0, run(0)))
+got, barrier = {}, threading.Barrier(4)
+def work(seed):
+    barrier.wait()
+    got[seed] = run(seed)
+threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("threads at once:", all(same(seed, got[seed]) for seed in range(4)))
+p, g, m = problem(1)  # made before the fork: torch's own OpenMP pool does not survive a fork
+pid = os.fork()
+if pid == 0:  # the child has none of the parent's helper threads: the kernel starts its own
+    import faulthandler, sys
+    faulthandler.dump_traceback_later(60, exit=True)
+    for step in range(12):
+        cpu_lion.lion_(p, g, m, cautious=step % 2 == 1, **HYPER)
+    equal = all(a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(expected[1], p + m))
+    os._exit(0 if equal else 1)
+_, status = os.waitpid(pid, 0)
+print("forked child:", os.waitstatus_to_exitcode(status) == 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork does not exist on this platform")
+def test_helper_threads_concurrent_calls_and_a_forked_child_match_one_thread():
+    """The kernel's own helper threads (``parallel_chunks`` in the C source): the result equals the
+    calling thread's alone, bit for bit, also when four Python threads step at once (one call uses
+    the helpers, the others run alone) and in a child forked after the helpers started (it starts
+    its own; a deadlock would time out)."""
+    out = _python(_POOL, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["helpers: True", "threads at once: True", "forked child: True"], out

@@ -94,8 +94,13 @@ def counter_hash(seed: Any, step: Any, index: Any) -> Any:
     and ``step`` are scalars of the same integer type (or Python ints). The same inputs give the
     same bits on every backend.
     """
-    key = step_key(seed, step)
-    if isinstance(key, int):  # Python-int seed and step: the key in the index's type
+    return keyed_hash(step_key(seed, step), index)
+
+
+def keyed_hash(key: Any, index: Any) -> Any:
+    """``counter_hash`` from a step's key ``k = step_key(seed, step)``: ``mix32((mix32(index ^ k) + k)
+    mod 2**32)``. For callers that compute one key per tensor and step (the kernels' contract)."""
+    if isinstance(key, int):  # a Python-int key: in the index's type
         key = _const(index, key)
     return mix32((mix32(index ^ key) + key) & _const(index, MASK32))
 

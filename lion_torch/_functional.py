@@ -21,7 +21,7 @@ import importlib
 import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from types import ModuleType
-from typing import Union
+from typing import Any, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -29,9 +29,15 @@ from torch.optim import Optimizer
 
 import lion_core
 
+from . import _formats
+
 __all__ = ["lion"]
 
 Scalar = Union[float, Tensor]
+T = TypeVar("T")
+#: The state formats' per-triple lists (the kernels' contract): one entry per triple, ``None`` for a
+#: triple without that format; ``None`` for a call without formats.
+Keys = Optional[Sequence[Optional[T]]]
 
 #: Device types whose fused kernel is the default path when it is available. On the CPU the one-pass
 #: C kernel beats every peer on large and on many small tensors (docs/benchmarks-cpu.md), where the
@@ -121,6 +127,9 @@ def _single_tensor_lion(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    scales: Keys[Tensor] = None,
+    momentum_keys: Keys[int] = None,
+    param_keys: Keys[int] = None,
 ) -> None:
     """One tensor at a time through ``lion_core.lion_step``; see ``lion``."""
     if _skip_step(found_inf):
@@ -128,15 +137,23 @@ def _single_tensor_lion(
     lr, beta1, beta2 = _eager_scalar(lr), _eager_scalar(beta1), _eager_scalar(beta2)
     weight_decay = _eager_scalar(weight_decay)
     max_lr = None if max_lr is None else _eager_scalar(max_lr)
-    for param, grad, exp_avg in zip(_as_real(params), _as_real(grads), _as_real(exp_avgs), strict=True):
-        dtype = _compute_dtype(param.dtype, grad.dtype, exp_avg.dtype)
+    n = len(params)
+    formats = zip(_entries(scales, n), _entries(momentum_keys, n), _entries(param_keys, n))
+    triples = zip(_as_real(params), _as_real(grads), _as_real(exp_avgs), strict=True)
+    for (param, grad, exp_avg), (scale, momentum_key, param_key) in zip(triples, formats):
+        if scale is None:
+            dtype = _compute_dtype(param.dtype, grad.dtype, exp_avg.dtype)
+            momentum = exp_avg.to(dtype)
+        else:  # an 8-bit momentum: decoded in float32, the step in float32 (float64 parameters: float64)
+            dtype = _compute_dtype(param.dtype, grad.dtype, torch.float32)
+            momentum = _formats.decode(exp_avg, scale, dtype)
         grad = grad.to(dtype)
         if grad_scale is not None:
             grad = grad / grad_scale.to(grad.device)
         new_param, new_exp_avg = lion_core.lion_step(
             param.to(dtype),
             grad,
-            exp_avg.to(dtype),
+            momentum,
             lr=lr,
             beta1=beta1,
             beta2=beta2,
@@ -146,8 +163,34 @@ def _single_tensor_lion(
             maximize=maximize,
             xp=torch,
         )
+        _store(param, exp_avg, new_param, new_exp_avg, scale, momentum_key, param_key)
+
+
+def _entries(values: Keys[object], n: int) -> Sequence[object]:
+    return [None] * n if values is None else values
+
+
+def _store(
+    param: Tensor,
+    exp_avg: Tensor,
+    new_param: Tensor,
+    new_exp_avg: Tensor,
+    scale: Tensor | None,
+    momentum_key: int | None,
+    param_key: int | None,
+) -> None:
+    """Writes a step's results in their storage formats: the parameter rounded to nearest or, with a
+    ``param_key``, stochastically (bfloat16); the momentum as is or, with a ``scale``, as int8 codes."""
+    if param_key is None:
         param.copy_(new_param)
+    else:
+        _formats.store_param(param, new_param, param_key)
+    if scale is None:
         exp_avg.copy_(new_exp_avg)
+    else:
+        if momentum_key is None:
+            raise lion_core.invalid_value("momentum_keys", "a step key for every int8 momentum", None)
+        _formats.store_momentum(exp_avg, scale, new_exp_avg, momentum_key)
 
 
 def _cpu_batches(
@@ -200,8 +243,13 @@ def _foreach_update(
     cautious: bool,
     maximize: bool,
     grad_scale: Tensor | None,
+    exact_momentum: bool = False,
 ) -> None:
-    """The foreach ops for real tensors of one device; see ``lion`` for the rule."""
+    """The foreach ops for real tensors of one device; see ``lion`` for the rule.
+
+    ``exact_momentum`` rounds each product of the momentum's update, as ``lion_core``'s rule does,
+    instead of one fused multiply-add: an 8-bit momentum's codes then match the reference's exactly.
+    """
     dtypes = [_compute_dtype(p.dtype, g.dtype, m.dtype) for p, g, m in zip(params, grads, exp_avgs)]
     # Low-precision tensors are widened to the compute dtype and rounded once when stored.
     work_params = _widen(params, dtypes)
@@ -241,7 +289,10 @@ def _foreach_update(
     # ATen's add_ with alpha rounds (1 - beta2) * g and the sum once (a fused multiply-add on CPU),
     # the reference twice: the momentum may differ from it by one rounding of the larger term.
     torch._foreach_mul_(work_exp_avgs, beta2)
-    torch._foreach_add_(work_exp_avgs, work_grads, alpha=1 - beta2)
+    if exact_momentum:
+        torch._foreach_add_(work_exp_avgs, torch._foreach_mul(work_grads, 1 - beta2))
+    else:
+        torch._foreach_add_(work_exp_avgs, work_grads, alpha=1 - beta2)
 
     for stored, work in ((params, work_params), (exp_avgs, work_exp_avgs)):
         changed = [(s, w) for s, w in zip(stored, work) if s is not w]
@@ -263,6 +314,9 @@ def _foreach_lion(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    scales: Keys[Tensor] = None,
+    momentum_keys: Keys[int] = None,
+    param_keys: Keys[int] = None,
 ) -> None:
     """``torch._foreach_*`` ops over tensors grouped by device and dtype; see ``lion``."""
     if not params or _skip_step(found_inf):
@@ -273,6 +327,27 @@ def _foreach_lion(
     decay = None
     if isinstance(weight_decay, Tensor) or weight_decay != 0:
         decay = lion_core.decay_factor(lr, weight_decay, max_lr)
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, decay=decay, cautious=cautious, maximize=maximize,
+                 grad_scale=grad_scale)
+    if scales is not None or param_keys is not None:
+        n = len(params)
+        formats = list(zip(_entries(scales, n), _entries(momentum_keys, n), _entries(param_keys, n)))
+        formatted = [i for i, (scale, _, param_key) in enumerate(formats) if (scale, param_key) != (None, None)]
+        if formatted:
+            _foreach_formatted(*_pick(formatted, params, grads, exp_avgs), [formats[i] for i in formatted],
+                               **hyper)
+            if len(formatted) == n:
+                return
+            plain = sorted(set(range(n)).difference(formatted))
+            params, grads, exp_avgs = _pick(plain, params, grads, exp_avgs)
+    _foreach_plain(params, grads, exp_avgs, **hyper)
+
+
+def _foreach_plain(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: Scalar, decay: Scalar | None,
+    grad_scale: Tensor | None, **hyper: Any,
+) -> None:
+    """``_foreach_lion`` for triples in floating formats, rounded to nearest."""
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avgs])
     for (device, dtype), ((device_params, device_grads, device_exp_avgs), _) in grouped.items():
         if dtype is None or dtype.is_complex:  # dtype is None while compiling: one mixed group
@@ -284,7 +359,7 @@ def _foreach_lion(
         device = device_params[0].device
         device_lr = lr.to(device) if isinstance(lr, Tensor) else lr
         device_decay = decay.to(device) if isinstance(decay, Tensor) else decay
-        if device.type == "cpu" and not cautious and not _compiling():
+        if device.type == "cpu" and not hyper["cautious"] and not _compiling():
             batches = _cpu_batches(device_params, device_grads, device_exp_avgs, CPU_BATCH_ELEMENTS)
         else:  # the cautious mask is normalised over whole tensors
             batches = iter([(device_params, device_grads, device_exp_avgs)])
@@ -294,13 +369,55 @@ def _foreach_lion(
                 batch_grads,
                 batch_exp_avgs,
                 lr=device_lr,
-                beta1=beta1,
-                beta2=beta2,
                 decay=device_decay,
-                cautious=cautious,
-                maximize=maximize,
                 grad_scale=_on(grad_scale, device),
+                **hyper,
             )
+
+
+def _foreach_formatted(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    formats: list[tuple[Tensor | None, int | None, int | None]],
+    *,
+    lr: Scalar,
+    decay: Scalar | None,
+    grad_scale: Tensor | None,
+    **hyper: Any,
+) -> None:
+    """``_foreach_lion`` for triples with a state format (int8 momentum, stochastically rounded
+    parameter): the same foreach ops on float32 working copies (whole tensors, per device), then
+    each result stored in its format as ``_single_tensor_lion`` stores it."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, p in enumerate(params):
+        by_device.setdefault(p.device, []).append(i)
+    for device, indices in by_device.items():
+        work_params, work_exp_avgs = [], []
+        for i in indices:
+            param, exp_avg, (scale, _, param_key) = params[i], exp_avgs[i], formats[i]
+            # in the compute dtype, so the results are encoded and rounded from it, as by _single_tensor_lion
+            dtype = _compute_dtype(param.dtype, grads[i].dtype, torch.float32 if scale is not None else exp_avg.dtype)
+            work_params.append(param if param_key is None else param.to(dtype))
+            work_exp_avgs.append(exp_avg if scale is None else _formats.decode(exp_avg, scale, dtype))
+        _foreach_update(
+            work_params,
+            [grads[i] for i in indices],
+            work_exp_avgs,
+            lr=lr.to(device) if isinstance(lr, Tensor) else lr,
+            decay=decay.to(device) if isinstance(decay, Tensor) else decay,
+            grad_scale=_on(grad_scale, device),
+            exact_momentum=True,
+            **hyper,
+        )
+        for i, work_param, work_exp_avg in zip(indices, work_params, work_exp_avgs):
+            scale, momentum_key, param_key = formats[i]
+            if param_key is not None:
+                _formats.store_param(params[i], work_param, param_key)
+            if scale is not None:
+                if momentum_key is None:
+                    raise lion_core.invalid_value("momentum_keys", "a step key for every int8 momentum", None)
+                _formats.store_momentum(exp_avgs[i], scale, work_exp_avg, momentum_key)
 
 
 def kernel_module(device_type: str) -> ModuleType:
@@ -445,6 +562,11 @@ def _pick(indices: Sequence[int], *lists: list[Tensor]) -> list[list[Tensor]]:
     return [[tensors[i] for i in indices] for tensors in lists]
 
 
+def _pick_formats(indices: Sequence[int], formats: dict[str, Keys[Any]]) -> dict[str, Keys[Any]]:
+    """The state formats' lists (``scales``, ``momentum_keys``, ``param_keys``) at ``indices``."""
+    return {name: None if values is None else [values[i] for i in indices] for name, values in formats.items()}
+
+
 def _describe(i: int, param: Tensor) -> str:
     return f"parameter {i} ({type(param).__name__}, {param.dtype}, shape {tuple(param.shape)})"
 
@@ -463,6 +585,9 @@ def _fused_lion(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    scales: Keys[Tensor] = None,
+    momentum_keys: Keys[int] = None,
+    param_keys: Keys[int] = None,
 ) -> None:
     """One fused kernel call per device (``lion_kernels``' contract); see ``lion``.
 
@@ -470,11 +595,17 @@ def _fused_lion(
     summed over the mesh once per step); other tensor subclasses take ``_foreach_lion``; the triples
     a kernel hands back (unsupported layouts or dtypes, overlapping memory) take
     ``_single_tensor_lion``, which is deterministic. Each of these detours warns once per process.
+    The state formats (``scales``, ``momentum_keys``, ``param_keys``) go to the kernel with their
+    triples; a kernel without a routine for a format hands those triples back.
     """
     if not params:
         return
     hyper = dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay, max_lr=max_lr, cautious=cautious,
                  maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
+    # Only the formats given reach the kernel: a call without any keeps the contract's older signature.
+    formats = {name: values for name, values in
+               (("scales", scales), ("momentum_keys", momentum_keys), ("param_keys", param_keys))
+               if values is not None}
     from lion_kernels import KernelError  # lazily: the kernels are imported on the fused path only
 
     batches, wrapped = _kernel_batches(params, grads, exp_avgs, cautious)
@@ -486,7 +617,8 @@ def _fused_lion(
             f"receive ({len(wrapped)} of {len(params)} tensors)",
             "the foreach path for them",
         )
-        _foreach_lion(*_pick(wrapped, params, grads, exp_avgs), lr=lr, **hyper)
+        _foreach_lion(*_pick(wrapped, params, grads, exp_avgs), lr=lr, **hyper,
+                      **_pick_formats(wrapped, formats))
     for (device, reduce), (indices, *lists) in batches.items():
         kernel = require_kernel(device.type)
         device_lr = lr.to(device) if isinstance(lr, Tensor) and lr.device != device else lr
@@ -503,6 +635,7 @@ def _fused_lion(
                 grad_scale=_on(grad_scale, device),
                 found_inf=_on(found_inf, device),
                 cautious_reduce=reduce,
+                **_pick_formats(indices, formats),
             )
         except KernelError as error:
             # The contract: nothing was written (a binary that fails to load at its first call, say),
@@ -510,7 +643,8 @@ def _fused_lion(
             # reports the cause from now on, and later steps choose foreach before calling it.
             lion_core.warn_fallback(f"The fused {device.type} kernel ({kernel.__name__})", str(error),
                                     "the foreach path")
-            _foreach_lion(*_pick(indices, params, grads, exp_avgs), lr=device_lr, **hyper)
+            _foreach_lion(*_pick(indices, params, grads, exp_avgs), lr=device_lr, **hyper,
+                          **_pick_formats(indices, formats))
             continue
         if untouched:
             rest = [indices[j] for j in untouched]
@@ -521,7 +655,8 @@ def _fused_lion(
                 "its note on overlapping memory)",
                 "the single-tensor path for them",
             )
-            _single_tensor_lion(*_pick(rest, params, grads, exp_avgs), lr=device_lr, **hyper)
+            _single_tensor_lion(*_pick(rest, params, grads, exp_avgs), lr=device_lr, **hyper,
+                                **_pick_formats(rest, formats))
 
 
 def fused_is_default(device_types: Collection[str], available: Callable[[str], bool]) -> bool:
@@ -581,6 +716,9 @@ def lion(
     maximize: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    scales: Keys[Tensor] = None,
+    momentum_keys: Keys[int] = None,
+    param_keys: Keys[int] = None,
 ) -> None:
     r"""Applies one Lion step, in place, to ``params`` and their momenta ``exp_avgs``.
 
@@ -616,6 +754,14 @@ def lion(
       maximize: ascend instead of descend.
       grad_scale: the ``torch.amp.GradScaler`` scale the gradients carry, or ``None``.
       found_inf: a tensor that is nonzero when the step must be skipped, or ``None``.
+      scales: the state formats of ``lion_core.state_spec``, one entry per triple (``None`` for a
+        triple without one), as ``lion_kernels``' contract takes them; ``None`` (default) for none.
+        ``scales[i]``: the float32 block scales of an 8-bit momentum (``exp_avgs[i]`` holds its int8
+        codes, ``lion_core.INT8``), decoded before and encoded after the step, in place.
+      momentum_keys: the step key of each int8 momentum's stochastic codes,
+        ``lion_core.step_key(lion_core.derive_seed(seed, lion_core.MOMENTUM_STREAM, t), step)``.
+      param_keys: the step key of each bfloat16 parameter stored by stochastic rounding
+        (``lion_core.PARAM_STREAM``); ``None`` entries are rounded to nearest.
 
     Raises:
       RuntimeError: ``foreach=True`` together with ``fused=True``.
@@ -637,4 +783,4 @@ def lion(
     implementation = _fused_lion if fused else _foreach_lion if foreach else _single_tensor_lion
     implementation(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
                    max_lr=max_lr, cautious=cautious, maximize=maximize, grad_scale=grad_scale,
-                   found_inf=found_inf)
+                   found_inf=found_inf, scales=scales, momentum_keys=momentum_keys, param_keys=param_keys)

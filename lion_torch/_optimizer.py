@@ -14,7 +14,7 @@ from torch.optim.optimizer import Optimizer, ParamsT
 
 import lion_core
 
-from ._functional import _choose, _dtype_name, _torch_dtype, lion, require_kernel
+from ._functional import _choose, _dtensor_type, _dtype_name, _skip_step, _torch_dtype, lion, require_kernel
 
 __all__ = ["Lion"]
 
@@ -30,10 +30,19 @@ _VARIANT_DEFAULTS: Final[Mapping[str, Any]] = {
     "max_lr": None,
     "maximize": False,
     "momentum_dtype": None,
+    "stochastic_rounding": False,
+    "seed": None,
     "foreach": None,
     "fused": None,
 }
 _STATE_KEYS: Final = ("exp_avg",)
+#: The state of a parameter with a state format: an int8 momentum's codes and block scales, and the
+#: count of its updates (the ``step`` of its random bits); a float momentum with a stochastically
+#: rounded parameter keeps ``exp_avg`` and ``step``.
+_INT8_STATE_KEYS: Final = ("exp_avg", "exp_avg_scales", "step")
+_ROUNDED_STATE_KEYS: Final = ("exp_avg", "step")
+#: ``momentum_dtype`` values that select the 8-bit momentum.
+_INT8: Final = ("int8", torch.int8)
 _GRAD = operator.attrgetter("grad")
 _NOT_NONE = functools.partial(operator.is_not, None)
 _LAYOUT = operator.attrgetter("layout")
@@ -72,7 +81,10 @@ def _check_options(options: Mapping[str, Any]) -> None:
     lion_core.check_bool(options["cautious"], "cautious")
     lion_core.check_bool(options["maximize"], "maximize")
     lion_core.check_decoupling(options["decouple_lr"], options["max_lr"])
-    lion_core.check_momentum_dtype(_momentum_dtype_name(options["momentum_dtype"]))
+    lion_core.check_momentum_format(_momentum_dtype_name(options["momentum_dtype"]))
+    lion_core.check_bool(options["stochastic_rounding"], "stochastic_rounding")
+    if options["seed"] is not None:
+        lion_core.check_seed(options["seed"], "seed")
     foreach = lion_core.check_optional_bool(options["foreach"], "foreach")
     fused = lion_core.check_optional_bool(options["fused"], "fused")
     if foreach and fused:
@@ -84,6 +96,49 @@ def _max_lr(group: Mapping[str, Any]) -> Any:
     lr = group["lr"]
     initial = float(lr) if isinstance(lr, Tensor) else lr
     return lion_core.resolve_max_lr(group["max_lr"], initial, lr_name="lr")
+
+
+def _draw_seed() -> int:
+    """One seed from torch's default generator (``torch.manual_seed`` makes it reproducible)."""
+    return int(torch.randint(0, 2**32, (), dtype=torch.int64))
+
+
+def _needs_seed(options: Mapping[str, Any]) -> bool:
+    """Whether the options draw random bits: an int8 momentum or stochastic rounding."""
+    return _momentum_dtype_name(options["momentum_dtype"]) == "int8" or options["stochastic_rounding"] is True
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_of(param_dtype: torch.dtype, momentum: object, stochastic_rounding: bool) -> lion_core.StateSpec:
+    return lion_core.state_spec(_dtype_name(param_dtype), cast("str | None", momentum),
+                                stochastic_rounding=stochastic_rounding)
+
+
+def _state_spec(param: Tensor, group: Mapping[str, Any]) -> lion_core.StateSpec:
+    """``param``'s state under the group's options (``lion_core.state_spec``, which checks them)."""
+    # Dynamo warns about lru_cache wrappers; while tracing, the options are constants anyway.
+    spec_of = _spec_of.__wrapped__ if torch.compiler.is_compiling() else _spec_of
+    return spec_of(param.dtype, _momentum_dtype_name(group["momentum_dtype"]), group["stochastic_rounding"])
+
+
+#: ``lion_core.derive_seed`` per (seed, stream, tensor index): constant for a parameter's lifetime.
+_tensor_seed = functools.lru_cache(maxsize=1 << 16)(lion_core.derive_seed)
+
+
+def _is_int8(momentum_dtype: object) -> bool:
+    return _momentum_dtype_name(momentum_dtype) == "int8"
+
+
+def _format_name(momentum_dtype: object) -> str:
+    """How a group's momentum format is named in a mismatch error."""
+    if _is_int8(momentum_dtype):
+        return "momentum_dtype='int8', the 8-bit momentum this optimizer was built with"
+    return f"a floating-point momentum (momentum_dtype={_momentum_dtype_name(momentum_dtype)!r}), as this optimizer was built"
+
+
+def _formatted(spec: lion_core.StateSpec) -> bool:
+    """Whether a parameter's state has a format beyond a float momentum rounded to nearest."""
+    return spec.needs_seed
 
 
 def _momentum_dtype(param: Tensor, group: Mapping[str, Any]) -> torch.dtype:
@@ -203,7 +258,9 @@ class Lion(Optimizer):
         decouple_lr: bool = False,
         max_lr: float | Tensor | None = None,
         maximize: bool = False,
-        momentum_dtype: torch.dtype | None = None,
+        momentum_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
@@ -216,10 +273,15 @@ class Lion(Optimizer):
             "max_lr": max_lr,
             "maximize": maximize,
             "momentum_dtype": momentum_dtype,
+            "stochastic_rounding": stochastic_rounding,
+            "seed": seed,
             "foreach": foreach,
             "fused": fused,
         }
         _check_options(defaults)
+        if _needs_seed(defaults):
+            # Drawn only when used: a Lion without random bits leaves torch's generator alone.
+            defaults["seed"] = lion_core.resolve_seed(seed, _draw_seed)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -233,8 +295,11 @@ class Lion(Optimizer):
         try:
             _check_options(group)
             devices = set()
-            for p in group["params"]:
-                _momentum_dtype(p, group)  # refuses momentum_dtype for complex parameters
+            dtensor = _dtensor_type()
+            for j, p in enumerate(group["params"]):
+                spec = _state_spec(p, group)  # refuses momentum_dtype for complex parameters
+                if dtensor is not None and isinstance(p, dtensor) and _formatted(spec):
+                    self._refuse_dtensor(j, p, group)
                 devices.add(p.device.type)
             if group["fused"]:
                 for device_type in sorted(devices):
@@ -245,6 +310,24 @@ class Lion(Optimizer):
             raise
         if group["decouple_lr"]:
             group["max_lr"] = max_lr
+        if _needs_seed(group) and group["seed"] is None:
+            # The optimizer's one seed, drawn when a group first needs it, kept in every group.
+            seed = lion_core.resolve_seed(None, _draw_seed)
+            self.defaults["seed"] = seed
+            for other in self.param_groups:
+                if other["seed"] is None:
+                    other["seed"] = seed
+
+    def _refuse_dtensor(self, index: int, param: Tensor, group: Mapping[str, Any]) -> None:
+        name = f"param_groups[{len(self.param_groups) - 1}]['params'][{index}]"
+        raise lion_core.incompatible(
+            "`momentum_dtype='int8'` and `stochastic_rounding=True` are not supported for DTensor "
+            "parameters (FSDP2's fully_shard): their 8-bit blocks and random bits are defined on the "
+            "whole tensor's flat index, which a local shard does not have. Received: "
+            f"momentum_dtype={_momentum_dtype_name(group['momentum_dtype'])!r}, "
+            f"stochastic_rounding={group['stochastic_rounding']} for {name}, a DTensor of shape "
+            f"{tuple(param.shape)} and dtype {param.dtype}"
+        )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -292,6 +375,74 @@ class Lion(Optimizer):
             grads.append(grad)
             exp_avgs.append(exp_avg)
 
+    def _init_formatted_group(
+        self,
+        group: dict[str, Any],
+        offset: int,
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+    ) -> tuple[list[Tensor | None], list[int | None], list[int | None], list[dict[str, Any]]] | None:
+        """``_init_group`` for a group with state formats (``momentum_dtype="int8"``,
+        ``stochastic_rounding=True``); also returns the formats' lists for ``lion`` (None when no
+        parameter has one) and the states whose ``step`` counts this update.
+
+        The random bits' keys: ``t`` is the parameter's position over all groups (``offset`` + its
+        index in the group, as ``state_dict`` numbers it), ``step`` its own count of updates.
+        """
+        if not _STRIDED_ONLY.issuperset(map(_LAYOUT, (p.grad for p in group["params"] if p.grad is not None))):
+            self._refuse_sparse(group)
+        seed = group["seed"]
+        derive = lion_core.derive_seed if torch.compiler.is_compiling() else _tensor_seed
+        scales: list[Tensor | None] = []
+        momentum_keys: list[int | None] = []
+        param_keys: list[int | None] = []
+        counted: list[dict[str, Any]] = []
+        for j, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None:
+                continue
+            spec = _state_spec(p, group)
+            state = self.state[p]
+            if "exp_avg" not in state:
+                self._init_state(p, group, spec, state)
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(state["exp_avg"])
+            scales.append(state.get("exp_avg_scales"))
+            if not _formatted(spec):
+                momentum_keys.append(None)
+                param_keys.append(None)
+                continue
+            # a float state saved without stochastic rounding (lion-pytorch's) counts from here
+            step, t = state.setdefault("step", 0), offset + j
+            is_int8 = isinstance(spec.momentum, lion_core.BlockwiseInt8)
+            momentum_keys.append(
+                lion_core.step_key(derive(seed, lion_core.MOMENTUM_STREAM, t), step) if is_int8 else None
+            )
+            param_keys.append(
+                lion_core.step_key(derive(seed, lion_core.PARAM_STREAM, t), step)
+                if spec.param_rounding == "stochastic" else None
+            )
+            counted.append(state)
+        if not counted:
+            return None
+        return scales, momentum_keys, param_keys, counted
+
+    @staticmethod
+    def _init_state(p: Tensor, group: Mapping[str, Any], spec: lion_core.StateSpec, state: dict[str, Any]) -> None:
+        """A fresh state in ``spec``'s formats (``exp_avg``; with a format, ``step``; int8 codes
+        shaped like ``p`` and float32 ``exp_avg_scales``, one per block of the flattened ``p``)."""
+        if isinstance(spec.momentum, lion_core.BlockwiseInt8):
+            state["exp_avg"] = torch.zeros(p.shape, dtype=torch.int8, device=p.device)
+            state["exp_avg_scales"] = torch.zeros(spec.momentum.blocks(p.numel()), dtype=torch.float32,
+                                                  device=p.device)
+        else:
+            state["exp_avg"] = torch.zeros_like(p, dtype=_momentum_dtype(p, group),
+                                                memory_format=torch.preserve_format)
+        if _formatted(spec):
+            state["step"] = 0
+
     def _refuse_sparse(self, group: dict[str, Any]) -> None:
         for j, p in enumerate(group["params"]):
             if p.grad is not None and p.grad.layout != torch.strided:
@@ -317,11 +468,20 @@ class Lion(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        offset = 0
         for group in self.param_groups:
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
-            self._init_group(group, params, grads, exp_avgs)
+            formats = None
+            if group["stochastic_rounding"] is True or group["momentum_dtype"] in _INT8:
+                formats = self._init_formatted_group(group, offset, params, grads, exp_avgs)
+            else:
+                self._init_group(group, params, grads, exp_avgs)
+            offset += len(group["params"])
+            if formats is not None:
+                self._formatted_step(group, params, grads, exp_avgs, formats, grad_scale, found_inf)
+                continue
             beta1, beta2 = group["betas"]
             lion(
                 params,
@@ -341,65 +501,147 @@ class Lion(Optimizer):
             )
         return loss
 
+    @staticmethod
+    def _formatted_step(
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        formats: tuple[list[Tensor | None], list[int | None], list[int | None], list[dict[str, Any]]],
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+    ) -> None:
+        """``lion`` with the group's state formats; then each formatted state's ``step`` counts the
+        update, unless GradScaler's ``found_inf`` skipped it (codes, scales and step unchanged)."""
+        scales, momentum_keys, param_keys, counted = formats
+        beta1, beta2 = group["betas"]
+        lion(
+            params,
+            grads,
+            exp_avgs,
+            foreach=group["foreach"],
+            fused=group["fused"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            max_lr=group["max_lr"] if group["decouple_lr"] else None,
+            cautious=group["cautious"],
+            maximize=group["maximize"],
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            scales=scales,
+            momentum_keys=momentum_keys,
+            param_keys=param_keys,
+        )
+        if not _skip_step(found_inf):
+            for state in counted:
+                state["step"] += 1
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict of this class, of ``lion_pytorch.Lion`` or of the paper's code.
 
         Unlike ``torch.optim.Optimizer``'s, it keeps each momentum in the dtype its loaded group asks
         for (``momentum_dtype``; None means the parameter's) instead of casting it to the
         parameter's dtype whatever the group says: a float32 momentum saved for a bfloat16
-        parameter with ``momentum_dtype=torch.float32`` comes back exact. Options a loaded group
-        lacks keep their current values.
+        parameter with ``momentum_dtype=torch.float32`` comes back exact. An 8-bit momentum comes
+        back as saved (int8 codes, float32 ``exp_avg_scales``) with its ``step``, and the groups'
+        ``seed`` and ``stochastic_rounding``, so a resumed run draws the same random bits. Options
+        a loaded group lacks keep their current values.
 
         Raises:
           ValueError: the state is not Lion's (another optimizer's keys, such as Adam's
             ``exp_avg_sq`` and ``step``), or a momentum's shape differs from its parameter's; or,
             from ``torch.optim.Optimizer``, the number of groups or of parameters differs.
-          TypeError: a momentum is not a tensor.
+          TypeError: a momentum is not a tensor; or the state was saved with another momentum
+            format (an int8 momentum for a float one or the reverse: ``lion_core.mismatched_state``;
+            it is never converted).
         """
         groups = self.param_groups
         saved_groups = state_dict["param_groups"]
-        originals: list[tuple[Tensor, Tensor]] = []
+        originals: list[tuple[Tensor, dict[str, Any]]] = []
         if len(saved_groups) == len(groups) and all(
             len(s["params"]) == len(g["params"]) for s, g in zip(saved_groups, groups)
         ):
+            for i, (saved, group) in enumerate(zip(saved_groups, groups)):
+                if "momentum_dtype" in saved and _is_int8(saved["momentum_dtype"]) != _is_int8(group["momentum_dtype"]):
+                    raise lion_core.mismatched_state(
+                        f"state_dict['param_groups'][{i}]['momentum_dtype']",
+                        _format_name(group["momentum_dtype"]),
+                        f"momentum_dtype={_momentum_dtype_name(saved['momentum_dtype'])!r}",
+                    )
             id_map = dict(
                 zip(chain.from_iterable(s["params"] for s in saved_groups),
                     chain.from_iterable(g["params"] for g in groups))
             )
+            int8_of = {id(p): _is_int8(g["momentum_dtype"]) for g in groups for p in g["params"]}
             for key, value in state_dict["state"].items():
                 if key in id_map:
-                    exp_avg = self._checked_momentum(key, value, id_map[key])
-                    if exp_avg is not None:
-                        originals.append((id_map[key], exp_avg))
+                    param = id_map[key]
+                    saved_state = self._checked_state(key, value, param, int8_of[id(param)])
+                    if saved_state is not None:
+                        originals.append((param, saved_state))
             current = [{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in groups]
             state_dict = {**state_dict, "param_groups": [{**c, **s} for c, s in zip(current, saved_groups)]}
         super().load_state_dict(state_dict)
         # torch.optim.Optimizer cast each momentum to its parameter's dtype; redo it from the saved
         # tensor with the loaded group's momentum_dtype, so a float32 momentum of a bfloat16
-        # parameter saved with momentum_dtype=torch.float32 stays exact.
+        # parameter saved with momentum_dtype=torch.float32 stays exact (and int8 codes stay codes).
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        for param, exp_avg in originals:
-            dtype = _momentum_dtype(param, group_of[id(param)])
-            self.state[param]["exp_avg"] = exp_avg.to(device=param.device, dtype=dtype)
+        for param, saved_state in originals:
+            state = self.state[param]
+            if "exp_avg_scales" in saved_state:
+                state["exp_avg"] = saved_state["exp_avg"].to(device=param.device)
+                state["exp_avg_scales"] = saved_state["exp_avg_scales"].to(device=param.device)
+            else:
+                dtype = _momentum_dtype(param, group_of[id(param)])
+                state["exp_avg"] = saved_state["exp_avg"].to(device=param.device, dtype=dtype)
+            if "step" in saved_state:
+                state["step"] = saved_state["step"]
 
     @staticmethod
-    def _checked_momentum(key: object, value: object, param: Tensor) -> Tensor | None:
-        """The momentum of one saved state entry, after checking it is Lion's and fits ``param``."""
+    def _checked_state(key: object, value: object, param: Tensor, int8: bool) -> dict[str, Any] | None:
+        """One saved state entry, after checking it is Lion's, in the expected format, and fits ``param``."""
         name = f"state_dict['state'][{key!r}]"
         keys = sorted(value) if isinstance(value, Mapping) else value
-        if not isinstance(value, Mapping) or (value and list(keys) != list(_STATE_KEYS)):
+        allowed = (list(_STATE_KEYS), sorted(_ROUNDED_STATE_KEYS), sorted(_INT8_STATE_KEYS))
+        if not isinstance(value, Mapping) or (value and list(keys) not in allowed):
             expected = f"{list(_STATE_KEYS)}, the state Lion keeps (is it another optimizer's?)"
+            if int8:
+                expected = f"{sorted(_INT8_STATE_KEYS)}, the state of Lion's int8 momentum (is it another optimizer's?)"
             raise lion_core.invalid_value(f"{name}.keys()", expected, keys)
         if not value:
             return None
         exp_avg = value["exp_avg"]
         if not isinstance(exp_avg, Tensor):
             raise lion_core.invalid_type(f"{name}['exp_avg']", "a tensor", exp_avg)
+        saved_int8 = "exp_avg_scales" in value
+        if saved_int8 != int8:
+            raise lion_core.mismatched_state(
+                name,
+                "an int8 momentum (int8 `exp_avg` codes and float32 `exp_avg_scales`), as "
+                "momentum_dtype='int8' keeps it" if int8 else "a floating-point momentum `exp_avg`",
+                f"an int8 momentum with `exp_avg_scales`" if saved_int8 else f"a {exp_avg.dtype} momentum",
+            )
         if exp_avg.shape != param.shape:
             expected = f"{tuple(param.shape)}, the shape of its parameter"
             raise lion_core.invalid_value(f"{name}['exp_avg'].shape", expected, tuple(exp_avg.shape))
+        if "step" in value:
+            step = value["step"]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise lion_core.invalid_value(f"{name}['step']", "an integer >= 0 (the updates made)", step)
+        if saved_int8:
+            scales = value["exp_avg_scales"]
+            blocks = lion_core.INT8.blocks(param.numel())
+            if exp_avg.dtype != torch.int8:
+                raise lion_core.invalid_value(f"{name}['exp_avg'].dtype", "torch.int8 (the codes)", exp_avg.dtype)
+            if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or tuple(scales.shape) != (blocks,):
+                expected = f"a float32 tensor of shape ({blocks},), one scale per block of {lion_core.INT8.block_size}"
+                received = scales if not isinstance(scales, Tensor) else f"{scales.dtype} of shape {tuple(scales.shape)}"
+                raise lion_core.invalid_value(f"{name}['exp_avg_scales']", expected, received)
+            return dict(value)
         if exp_avg.is_complex() != param.is_complex():
             raise lion_core.invalid_value(
                 f"{name}['exp_avg'].dtype", f"a dtype like its parameter's {param.dtype}", exp_avg.dtype
             )
-        return exp_avg
+        return dict(value)

@@ -11,7 +11,8 @@ import torch
 
 from lion_torch import Lion
 
-MOMENTUM_NAMES = "('float16', 'bfloat16', 'float32', 'float64')"
+#: The momentum formats Lion accepts by name: the floating dtypes and "int8" (lion_core.MOMENTUM_FORMATS).
+MOMENTUM_NAMES = "('float16', 'bfloat16', 'float32', 'float64', 'int8')"
 
 LR_TYPE = "Invalid `lr`: expected a real number, a schedule (callable) or a scalar tensor"
 LR_RANGE = "Invalid `lr`: expected 0 <= lr < inf. Received: "

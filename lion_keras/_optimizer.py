@@ -7,10 +7,13 @@ from collections.abc import Callable
 from typing import Any, Union
 
 import keras
+import numpy as np
 from keras import ops
 
 import lion_core
 from lion_core import defaults
+
+from . import _formats
 
 _DEFAULTS = defaults.KERAS
 
@@ -48,6 +51,27 @@ def _as_weight_decay(value: Any) -> float | None:
     lion_core.check_weight_decay(value, "weight_decay")
     number = lion_core.concrete_scalar(value, "weight_decay")
     return value if number is None else number
+
+
+def _draw_seed() -> int:
+    """One uint32 from Keras' global random generator (``keras.utils.set_random_seed`` fixes it)."""
+    high, low = (int(x) for x in ops.convert_to_numpy(keras.random.randint((2,), 0, 2**16, dtype="int32")))
+    return high << 16 | low
+
+
+def _coefficients(beta: Hyperparameter, dtype: str) -> tuple[Any, Any]:
+    """``(beta, 1 - beta)`` in ``dtype`` as ``lion_core.reference`` forms them: ``1 - beta`` in
+    Python for a number (then rounded once), so an 8-bit momentum's codes match it bit for bit."""
+    value = _current(beta)
+    if isinstance(value, numbers.Real):
+        return ops.cast(value, dtype), ops.cast(1 - value, dtype)
+    value = ops.cast(value, dtype)
+    return value, 1 - value
+
+
+def _formatted(spec: lion_core.StateSpec | None) -> bool:
+    """Whether a variable's state needs lion_core's formats (an 8-bit momentum, stochastic rounding)."""
+    return spec is not None and (spec.momentum.name == "int8" or spec.param_rounding == "stochastic")
 
 
 def _serialize_hyperparameter(value: Any) -> Any:
@@ -125,14 +149,32 @@ class Lion(keras.optimizers.Optimizer):
       momentum_dtype: keyword-only. The dtype to keep the momentum in (``"float32"``,
         ``"bfloat16"``, ...); ``None`` keeps the variable's dtype, as Keras' own optimizers do.
         ``"float32"`` for bfloat16 or float16 variables keeps the momentum's small increments at
-        two more bytes per element (see ``lion_core.momentum_dtype``). Defaults to ``None``.
+        two more bytes per element (see ``lion_core.momentum_dtype``). ``"int8"`` keeps it in 8
+        bits (``lion_core.INT8``): per variable, an int8 ``codes`` variable shaped like it and a
+        float32 variable of one scale per block of 256 flattened elements, 1.016 bytes per element;
+        each step decodes it, computes in float32 (float64 for float64 variables) and encodes it
+        again with stochastically rounded codes (``lion_core.counter_hash``), bit for bit the
+        codes of ``lion_core.reference``. Not for complex variables. Defaults to ``None``.
+      stochastic_rounding: keyword-only. Store bfloat16 variables by unbiased stochastic rounding
+        of the float32 result (``lion_core.stochastic_round_bfloat16``) instead of rounding to
+        nearest, which drops every update smaller than half a bfloat16 ulp (with a learning rate of
+        1e-4 the variables never move). Their weight decay is then applied within the step, before
+        the one rounding. Variables of other dtypes are rounded to nearest. Defaults to ``False``.
+      seed: keyword-only. The seed (an integer in [0, 2**32)) of the random bits of
+        ``momentum_dtype="int8"`` and ``stochastic_rounding``: those of element ``j`` of the
+        ``t``-th variable of the optimizer's variable list at its ``s``-th update are
+        ``lion_core.counter_hash(lion_core.derive_seed(seed, stream, t), s, j)``, the same on every
+        backend. ``None`` draws one at construction from Keras' random generator
+        (``keras.utils.set_random_seed`` makes it reproducible). It is kept in an optimizer
+        variable, so saving and loading the optimizer resumes the same bits, and in
+        ``get_config``. Defaults to ``None``.
       **kwargs: passed to ``keras.optimizers.Optimizer``.
 
     Raises:
       ValueError, TypeError: a hyperparameter is out of range or of the wrong type (from
         ``lion_core``, naming the argument as it is spelled here).
       RuntimeError: ``max_lr`` without ``decouple_lr=True``, or ``decouple_lr=True`` with a schedule
-        and no ``max_lr``.
+        and no ``max_lr``; at ``build``, a ``momentum_dtype`` for a complex variable.
 
     Example:
       >>> import numpy as np, keras, lion_keras
@@ -168,6 +210,8 @@ class Lion(keras.optimizers.Optimizer):
         decouple_lr: bool = False,
         max_lr: float | None = None,
         momentum_dtype: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         learning_rate = _as_learning_rate(learning_rate)
@@ -176,7 +220,10 @@ class Lion(keras.optimizers.Optimizer):
         weight_decay = _as_weight_decay(weight_decay)
         lion_core.check_bool(cautious, "cautious")
         lion_core.check_decoupling(decouple_lr, max_lr)
-        lion_core.check_momentum_dtype(momentum_dtype)
+        lion_core.check_momentum_format(momentum_dtype)
+        lion_core.check_bool(stochastic_rounding, "stochastic_rounding")
+        if seed is not None:
+            seed = lion_core.check_seed(seed)
         if decouple_lr:
             max_lr = lion_core.resolve_max_lr(max_lr, learning_rate, lr_name="learning_rate")
         super().__init__(
@@ -199,35 +246,65 @@ class Lion(keras.optimizers.Optimizer):
         self.decouple_lr = decouple_lr
         self.max_lr = max_lr
         self.momentum_dtype = momentum_dtype
+        self.stochastic_rounding = stochastic_rounding
+        self._seed: keras.Variable | None = None
+        if momentum_dtype == "int8" or stochastic_rounding:
+            value = lion_core.resolve_seed(seed, _draw_seed)
+            self._seed = self.add_variable(
+                shape=(),
+                dtype="uint32",
+                initializer=lambda shape, dtype: np.full(shape, value, np.uint32),
+                name="seed",
+            )
+        self._given_seed = seed
+        self._specs: list[lion_core.StateSpec | None] = []
+        self._momentum_scales: list[keras.Variable | None] = []
         # Variables that exist before `build` (the iteration count, a constant learning rate): a
         # saved state with only these comes from an optimizer that never stepped.
         self._unbuilt_variable_count = len(self.variables)
 
     def build(self, var_list: list[keras.Variable]) -> None:
-        """Creates one momentum variable per model variable, in ``lion_core.momentum_dtype``."""
+        """Creates each model variable's state as ``lion_core.state_spec`` declares it: a momentum
+        variable in ``lion_core.momentum_dtype``, or int8 codes and float32 block scales."""
         if self.built:
             return
         super().build(var_list)
-        momentums = []
+        momentums, scales, specs = [], [], []
         for variable in var_list:
             if self._overwrite_variable_with_gradient(variable):
                 momentums.append(None)
+                scales.append(None)
+                specs.append(None)
                 continue
-            dtype = lion_core.momentum_dtype(_dtype(variable), self.momentum_dtype)
+            spec = lion_core.state_spec(
+                _dtype(variable), self.momentum_dtype, stochastic_rounding=self.stochastic_rounding
+            )
+            specs.append(spec)
+            # Same name as `add_variable_from_reference` gives, in the momentum's own dtype.
+            prefix = getattr(variable, "path", str(variable.name)).replace("/", "_").replace(":", "_")
+            layout = getattr(variable, "_layout", None)
+            if spec.momentum.name == "int8":
+                momentums.append(
+                    self.add_variable(shape=variable.shape, dtype="int8", name=f"{prefix}_momentum", layout=layout)
+                )
+                size = int(np.prod(variable.shape, dtype=np.int64))
+                scales.append(
+                    self.add_variable(
+                        shape=(lion_core.INT8.blocks(size),), dtype="float32", name=f"{prefix}_momentum_scales"
+                    )
+                )
+                continue
+            scales.append(None)
+            dtype = spec.momentum.name
             if dtype == _dtype(variable):
                 momentums.append(self.add_variable_from_reference(variable, "momentum"))
             else:
-                # Same name as `add_variable_from_reference` gives, in the momentum's own dtype.
-                prefix = getattr(variable, "path", str(variable.name)).replace("/", "_").replace(":", "_")
                 momentums.append(
-                    self.add_variable(
-                        shape=variable.shape,
-                        dtype=dtype,
-                        name=f"{prefix}_momentum",
-                        layout=getattr(variable, "_layout", None),
-                    )
+                    self.add_variable(shape=variable.shape, dtype=dtype, name=f"{prefix}_momentum", layout=layout)
                 )
         self._momentums = momentums
+        self._momentum_scales = scales
+        self._specs = specs
 
     def _betas(self, dtype: str) -> tuple[Any, Any]:
         # Cast before `lion_core` forms `1 - beta`, as Keras' Lion does, so that the numbers match it.
@@ -235,7 +312,11 @@ class Lion(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
         """Updates one variable and its momentum (weight decay was applied by the base class)."""
-        momentum = self._momentums[self._get_variable_index(variable)]
+        index = self._get_variable_index(variable)
+        if _formatted(self._specs[index]):
+            self._formatted_step(index, gradient, variable, learning_rate)
+            return
+        momentum = self._momentums[index]
         gradient = ops.convert_to_tensor(gradient)  # densifies tf.IndexedSlices: Lion moves every entry
         dtype = lion_core.compute_dtype(_dtype(variable), _dtype(gradient), _dtype(momentum))
         lr = ops.cast(learning_rate, dtype)
@@ -246,6 +327,66 @@ class Lion(keras.optimizers.Optimizer):
         # before this step and with the same learning rate; what is left of the step is `- lr * u`.
         self.assign(variable, _to_storage(param - lr * update, _dtype(variable)))
         self.assign(momentum, _to_storage(lion_core.next_momentum(m, grad, beta2=beta_2), _dtype(momentum)))
+
+    def _formatted_step(self, index: int, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
+        """``update_step`` for a variable with lion_core's formats: ``lion_core.reference_lion_stored``'s
+        step (computed in float32, stored with the variable's rounding and the momentum's format)."""
+        spec = self._specs[index]
+        momentum, scales = self._momentums[index], self._momentum_scales[index]
+        gradient = ops.convert_to_tensor(gradient)
+        int8 = scales is not None
+        dtype = lion_core.compute_dtype(_dtype(variable), _dtype(gradient), "float32" if int8 else _dtype(momentum))
+        param, grad = ops.cast(variable, dtype), ops.cast(gradient, dtype)
+        if int8:
+            m = lion_core.INT8.decode(momentum, scales, xp=_formats.XP, dtype=dtype)
+        else:
+            m = ops.cast(momentum, dtype)
+        # lion_core.interpolate's terms, each product rounded on its own, as the reference rounds them.
+        zero = ops.minimum(self._iterations, 0)
+        beta_1, rest_1 = _coefficients(self.beta_1, dtype)
+        beta_2, rest_2 = _coefficients(self.beta_2, dtype)
+        c = _formats.rounded(beta_1 * m, zero) + _formats.rounded(rest_1 * grad, zero)
+        update = lion_core.sign_with_nan(c, xp=ops)
+        if self.cautious:
+            update = lion_core.cautious_mask(update, grad, xp=ops)
+        new_m = _formats.rounded(beta_2 * m, zero) + _formats.rounded(rest_2 * grad, zero)
+        lr = ops.cast(learning_rate, dtype)
+        step = _formats.Bits.of(self.iterations)  # the updates made before this one
+        shape = tuple(variable.shape)
+        if spec.param_rounding == "stochastic":
+            if self._decays_in_step(variable):
+                param = param * self._decay_factor(dtype)
+            bits = _formats.random_bits(self._seed_bits(), lion_core.PARAM_STREAM, index, step, shape)
+            self.assign(variable, _formats.stochastic_bfloat16(param - lr * update, bits))
+        else:
+            self.assign(variable, _to_storage(param - lr * update, _dtype(variable)))
+        if int8:
+            bits = _formats.random_bits(self._seed_bits(), lion_core.MOMENTUM_STREAM, index, step, shape)
+            codes, new_scales = lion_core.INT8.encode(new_m, bits, xp=_formats.XP)
+            self.assign(momentum, codes)
+            self.assign(scales, new_scales)
+        else:
+            self.assign(momentum, _to_storage(new_m, _dtype(momentum)))
+
+    def _seed_bits(self) -> _formats.Bits:
+        return _formats.Bits.of(self._seed)
+
+    def _seed_value(self) -> int:
+        """The seed as a Python int (``None``-free: only called where a format needs it)."""
+        return int(ops.convert_to_numpy(self._seed))
+
+    def _has_formats(self, variable: Any) -> bool:
+        """Whether ``variable``'s state uses lion_core's formats (``_formatted_step`` updates it)."""
+        return _formatted(self._specs[self._get_variable_index(variable)])
+
+    def _rounds_stochastically(self, variable: Any) -> bool:
+        spec = self._specs[self._get_variable_index(variable)] if self._specs else None
+        return spec is not None and spec.param_rounding == "stochastic"
+
+    def _decays_in_step(self, variable: Any) -> bool:
+        """Whether the step itself decays ``variable``: stochastically rounded variables are
+        decayed before their one rounding (to nearest, the decay alone would round away)."""
+        return self.weight_decay is not None and self._use_weight_decay(variable)
 
     def _backend_update_step(
         self, grads: list[Any], trainable_variables: list[Any], learning_rate: Any
@@ -268,6 +409,9 @@ class Lion(keras.optimizers.Optimizer):
         # and Keras' PyTorch decay works in place, which would write through `stateless_apply`'s
         # inputs. Those two cases are handled here.
         if self.weight_decay is None:
+            return
+        variables = [v for v in variables if not self._rounds_stochastically(v)]  # decayed in the step
+        if not variables:
             return
         torch_backend = keras.backend.backend() == "torch"
         stateless = _in_stateless_scope()
@@ -297,6 +441,7 @@ class Lion(keras.optimizers.Optimizer):
         """Restores the saved state, refusing one that does not fit instead of skipping it silently."""
         saved = len(store.keys())
         own = self.variables
+        self._check_saved_format(store, saved)
         if saved != len(own) and not (self.built and saved == self._unbuilt_variable_count):
             hint = (
                 "Build it first, e.g. `optimizer.build(model.trainable_variables)`."
@@ -326,6 +471,35 @@ class Lion(keras.optimizers.Optimizer):
                 )
             variable.assign(value)
 
+    def _check_saved_format(self, store: Any, saved: int) -> None:
+        """Refuses a state saved with another momentum format or rounding (``lion_core.mismatched_state``):
+        int8 codes for a floating momentum or the reverse, a seed where none is kept or the reverse."""
+        saved_int8 = any(_dtype(store[str(i)]) == "int8" for i in range(saved))
+        own_int8 = self.momentum_dtype == "int8"
+        if saved_int8 != own_int8:
+            raise lion_core.mismatched_state(
+                "momentum_dtype",
+                f"a state saved with momentum_dtype={self.momentum_dtype!r}",
+                "a state with int8 momentum codes (momentum_dtype='int8')"
+                if saved_int8
+                else "a state with a floating-point momentum",
+            )
+        # The seed is created right after the base class's variables (the iteration count and a
+        # constant learning rate): a 0-d integer there.
+        own_seed = self._seed is not None
+        at = self._unbuilt_variable_count - 1 if own_seed else self._unbuilt_variable_count
+        value = store[str(at)] if at < saved else None
+        saved_seed = value is not None and tuple(value.shape) == () and "int" in _dtype(value)
+        if saved_seed != own_seed:
+            raise lion_core.mismatched_state(
+                "stochastic_rounding",
+                f"a state saved with stochastic_rounding={self.stochastic_rounding!r} and "
+                f"momentum_dtype={self.momentum_dtype!r}",
+                "a state with a seed (stochastic_rounding=True)"
+                if saved_seed
+                else "a state without a seed (stochastic_rounding=False)",
+            )
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -336,6 +510,8 @@ class Lion(keras.optimizers.Optimizer):
                 "decouple_lr": self.decouple_lr,
                 "max_lr": self.max_lr,
                 "momentum_dtype": self.momentum_dtype,
+                "stochastic_rounding": self.stochastic_rounding,
+                "seed": self._given_seed if self._seed is None else self._seed_value(),
             }
         )
         return config

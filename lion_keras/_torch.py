@@ -128,6 +128,25 @@ def _scalar(value: Any, dtype: torch.dtype) -> float:
     return float(torch.as_tensor(ops.convert_to_tensor(value), dtype=dtype).item())
 
 
+def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Per variable: its int8 momentum's scales tensor, and the step keys of its codes' and its own
+    stochastic rounding (``lion_core.step_key``; ``None`` where the variable has no such format)."""
+    indices = [optimizer._get_variable_index(v) for v in variables]
+    specs = [optimizer._specs[t] for t in indices]
+    scales = [optimizer._momentum_scales[t] for t in indices]
+    momentum_keys: list[Any] = [None] * len(variables)
+    param_keys: list[Any] = [None] * len(variables)
+    if optimizer._seed is not None:
+        seed = optimizer._seed_value()
+        step = int(ops.convert_to_numpy(optimizer.iterations))  # the updates made before this one
+        for j, (t, spec) in enumerate(zip(indices, specs)):
+            if scales[j] is not None:
+                momentum_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.MOMENTUM_STREAM, t), step)
+            if spec is not None and spec.param_rounding == "stochastic":
+                param_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.PARAM_STREAM, t), step)
+    return [None if s is None else s.value for s in scales], momentum_keys, param_keys
+
+
 def _fused_update(
     optimizer: Any, grads: list[Any], variables: Sequence[Any], momentums: list[Any], learning_rate: Any
 ) -> list[int]:
@@ -135,21 +154,28 @@ def _fused_update(
     params = [_real(v.value) for v in variables]
     moms = [_real(m.value) for m in momentums]
     reals = [_real(g) for g in grads]
-    batches: dict[tuple[torch.device, str], list[int]] = defaultdict(list)
+    scales, momentum_keys, param_keys = _format_keys(optimizer, variables)
+    # Stochastically rounded variables are decayed by the kernel, before their one rounding.
+    decays = [k is not None and optimizer._decays_in_step(v) for k, v in zip(param_keys, variables)]
+    batches: dict[tuple[torch.device, str, bool], list[int]] = defaultdict(list)
     rest: list[int] = []
     for i, (variable, grad, momentum, param) in enumerate(zip(variables, grads, momentums, params)):
         if not all(type(t) in _PLAIN_TYPES for t in (param, reals[i], moms[i])):
             rest.append(i)  # a tensor subclass: a kernel must never receive its pointer
             continue
         name = lion_core.compute_dtype(_dtype(variable), _dtype(grad), _dtype(momentum))
-        batches[(param.device, name)].append(i)
-    for (device, name), indices in batches.items():
+        batches[(param.device, name, decays[i])].append(i)
+    for (device, name, decay), indices in batches.items():
         kernel = _kernel(device.type)
         if kernel is None:
             rest.extend(indices)
             continue
         dtype = _TORCH_DTYPES[name]
         beta_1, beta_2 = (_scalar(beta, dtype) for beta in optimizer._betas(name))
+        formats: dict[str, Any] = {}
+        for key, values in (("scales", scales), ("momentum_keys", momentum_keys), ("param_keys", param_keys)):
+            if any(values[i] is not None for i in indices):
+                formats[key] = [values[i] for i in indices]
         untouched = kernel.lion_(
             [params[i] for i in indices],
             [reals[i] for i in indices],
@@ -157,10 +183,13 @@ def _fused_update(
             lr=_scalar(learning_rate, dtype),
             beta1=beta_1,
             beta2=beta_2,
-            weight_decay=0.0,  # applied by the base class's `_apply_weight_decay`, as for Keras' Lion
-            max_lr=None,
+            # Applied by the base class's `_apply_weight_decay`, as for Keras' Lion, except for
+            # stochastically rounded variables.
+            weight_decay=float(optimizer.weight_decay) if decay else 0.0,
+            max_lr=float(optimizer.max_lr) if decay and optimizer.decouple_lr else None,
             cautious=optimizer.cautious,
             maximize=False,
+            **formats,
         )
         if untouched:
             first = indices[untouched[0]]
@@ -179,7 +208,8 @@ def multi_tensor_update(
     optimizer: Any, grads: Sequence[Any], variables: Sequence[Any], learning_rate: Any
 ) -> None:
     """``Lion.update_step`` for all ``variables`` at once: the fused kernels where they can run,
-    else foreach ops grouped by compute dtype."""
+    else foreach ops grouped by compute dtype (and ``Lion.update_step`` for variables with
+    ``lion_core``'s formats, an int8 momentum or stochastic rounding)."""
     momentums = [optimizer._momentums[optimizer._get_variable_index(v)] for v in variables]
     grads = [ops.convert_to_tensor(g) for g in grads]
     if not torch.compiler.is_compiling():  # a kernel call cannot be traced; foreach is the plan there
@@ -187,6 +217,14 @@ def multi_tensor_update(
         if not rest:
             return
         variables, grads, momentums = ([x[i] for i in rest] for x in (variables, grads, momentums))
+    formatted = [optimizer._has_formats(v) for v in variables]
+    for variable, grad, is_formatted in zip(variables, grads, formatted):
+        if is_formatted:
+            optimizer.update_step(grad, variable, learning_rate)
+    if any(formatted):
+        variables, grads, momentums = (
+            [x for x, f in zip(seq, formatted) if not f] for seq in (variables, grads, momentums)
+        )
     groups: dict[str, list[int]] = defaultdict(list)
     for i, (variable, grad, momentum) in enumerate(zip(variables, grads, momentums)):
         groups[lion_core.compute_dtype(_dtype(variable), _dtype(grad), _dtype(momentum))].append(i)

@@ -146,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
-        parser.error(f"--frameworks: expected names from {', '.join(FRAMEWORKS)}; received {args.frameworks!r}")
+        parser.error(f"--frameworks: expected names from {', '.join(FRAMEWORKS)}; "
+                     f"received {args.frameworks!r}")
     os.environ.setdefault("KERAS_BACKEND", args.keras_backend)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from lion_cli._common import machine
@@ -162,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 column.append("not available")
                 notes.append(f"# {framework}, {row.name}: {type(error).__name__}: {error}")
         cells[framework] = column
-    print(f"# bench_memory: {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}; "
+    print(f"# bench_memory: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {machine()}; "
           + "; ".join(_version(f) for f in frameworks))
-    print(f"# {_parameter_count():,} parameters in {len(_shapes())} tensors; bytes of optimizer state per parameter")
+    print(f"# {_parameter_count():,} parameters in {len(_shapes())} tensors; "
+          "bytes of optimizer state per parameter")
     print()
     print("| state format | " + " | ".join(frameworks) + " |")
     print("|---|" + "---:|" * len(frameworks))

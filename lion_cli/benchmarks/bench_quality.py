@@ -134,7 +134,8 @@ def load_text(seed: int, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndar
     folder = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(folder.glob("*.py"))
     if len(files) < 2:
-        raise SystemExit(f"bench_quality: found {len(files)} .py files in {folder}; need the standard library")
+        raise SystemExit(f"bench_quality: found {len(files)} .py files in {folder}; "
+                         "it needs the standard library's source")
     order = np.random.default_rng(seed).permutation(len(files))
     held_out = {int(i) for i in order[: max(1, round(len(files) * val_fraction))]}
 
@@ -167,9 +168,10 @@ def parameter_shapes(shape: Shape) -> list[tuple[str, tuple[int, ...]]]:
     d, h = shape.width, shape.hidden
     out: list[tuple[str, tuple[int, ...]]] = [("tok_emb", (shape.vocab, d)), ("pos_emb", (shape.context, d))]
     for i in range(shape.layers):
-        out += [(f"b{i}_ln1_g", (d,)), (f"b{i}_ln1_b", (d,)), (f"b{i}_qkv_w", (d, 3 * d)), (f"b{i}_qkv_b", (3 * d,)),
-                (f"b{i}_proj_w", (d, d)), (f"b{i}_proj_b", (d,)), (f"b{i}_ln2_g", (d,)), (f"b{i}_ln2_b", (d,)),
-                (f"b{i}_fc_w", (d, h)), (f"b{i}_fc_b", (h,)), (f"b{i}_out_w", (h, d)), (f"b{i}_out_b", (d,))]
+        block = {"ln1_g": (d,), "ln1_b": (d,), "qkv_w": (d, 3 * d), "qkv_b": (3 * d,), "proj_w": (d, d),
+                 "proj_b": (d,), "ln2_g": (d,), "ln2_b": (d,), "fc_w": (d, h), "fc_b": (h,), "out_w": (h, d),
+                 "out_b": (d,)}
+        out += [(f"b{i}_{name}", dims) for name, dims in block.items()]
     return out + [("lnf_g", (d,)), ("lnf_b", (d,)), ("head_w", (d, shape.vocab)), ("head_b", (shape.vocab,))]
 
 
@@ -245,8 +247,9 @@ def run_optax(config: Config, data: Data, shape: Shape, settings: Settings,
 
     dtype = jnp.bfloat16 if config.bfloat16 else jnp.float32
     params = {k: jnp.asarray(v).astype(dtype) for k, v in init.items()}
-    tx = lion_optax.lion(settings.lr, settings.b1, settings.b2, mu_dtype="int8" if config.int8 else jnp.float32,
-                         weight_decay=0.0, seed=settings.seed)
+    mu_dtype = "int8" if config.int8 else jnp.float32
+    tx = lion_optax.lion(settings.lr, settings.b1, settings.b2, mu_dtype=mu_dtype, weight_decay=0.0,
+                         seed=settings.seed)
     state = tx.init(params)
     shadow = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params) if config.int8 else None
     b1, b2 = settings.b1, settings.b2
@@ -284,7 +287,8 @@ def run_optax(config: Config, data: Data, shape: Shape, settings: Settings,
             current["params"], current["state"], current["shadow"], data.train_x[i], data.train_y[i])
         return int(agree)
 
-    return _train(settings, data, init, config, step=train_step, validation=lambda: validation(current["params"]),
+    return _train(settings, data, init, config, step=train_step,
+                  validation=lambda: validation(current["params"]),
                   final=lambda: {k: np.asarray(v.astype(jnp.float32)) for k, v in current["params"].items()})
 
 
@@ -299,15 +303,19 @@ def _torch_forward(p: dict[str, Any], x: Any, shape: Shape) -> Any:
     p = {k: v.float() for k, v in p.items()}
     batch, length = x.shape
     heads, width = shape.heads, shape.width
+    def norm(h: Any, name: str) -> Any:
+        return F.layer_norm(h, (width,), p[f"{name}_g"], p[f"{name}_b"], 1e-5)
+
     h = p["tok_emb"][x] + p["pos_emb"][:length]
     for i in range(shape.layers):
-        a = F.layer_norm(h, (width,), p[f"b{i}_ln1_g"], p[f"b{i}_ln1_b"], 1e-5) @ p[f"b{i}_qkv_w"] + p[f"b{i}_qkv_b"]
-        q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in a.chunk(3, dim=-1))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, width)
-        h = h + a @ p[f"b{i}_proj_w"] + p[f"b{i}_proj_b"]
-        m = F.layer_norm(h, (width,), p[f"b{i}_ln2_g"], p[f"b{i}_ln2_b"], 1e-5) @ p[f"b{i}_fc_w"] + p[f"b{i}_fc_b"]
+        a = norm(h, f"b{i}_ln1") @ p[f"b{i}_qkv_w"] + p[f"b{i}_qkv_b"]
+        q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2)
+                   for t in a.chunk(3, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + a.transpose(1, 2).reshape(batch, length, width) @ p[f"b{i}_proj_w"] + p[f"b{i}_proj_b"]
+        m = norm(h, f"b{i}_ln2") @ p[f"b{i}_fc_w"] + p[f"b{i}_fc_b"]
         h = h + F.gelu(m, approximate="tanh") @ p[f"b{i}_out_w"] + p[f"b{i}_out_b"]
-    return F.layer_norm(h, (width,), p["lnf_g"], p["lnf_b"], 1e-5) @ p["head_w"] + p["head_b"]
+    return norm(h, "lnf") @ p["head_w"] + p["head_b"]
 
 
 def run_torch(config: Config, data: Data, shape: Shape, settings: Settings,
@@ -333,7 +341,8 @@ def run_torch(config: Config, data: Data, shape: Shape, settings: Settings,
 
     def loss_of(x: np.ndarray, y: np.ndarray) -> Any:
         logits = _torch_forward(params, torch.from_numpy(x.astype(np.int64)), shape)
-        return F.cross_entropy(logits.reshape(-1, shape.vocab), torch.from_numpy(y.astype(np.int64)).reshape(-1))
+        targets = torch.from_numpy(y.astype(np.int64)).reshape(-1)
+        return F.cross_entropy(logits.reshape(-1, shape.vocab), targets)
 
     def step(i: int) -> int:
         optimizer.zero_grad(set_to_none=True)
@@ -379,7 +388,8 @@ def _keras_model(shape: Shape, init: dict[str, np.ndarray], dtype: str) -> Any:
             super().__init__()
             self.parameter_names = tuple(init)
             for k, v in init.items():
-                self.add_weight(shape=v.shape, dtype=dtype, initializer="zeros", name=k).assign(ops.cast(v, dtype))
+                weight = self.add_weight(shape=v.shape, dtype=dtype, initializer="zeros", name=k)
+                weight.assign(ops.cast(v, dtype))
 
         def parameters(self) -> dict[str, Any]:
             return dict(zip(self.parameter_names, self.trainable_variables, strict=True))
@@ -397,7 +407,8 @@ def _keras_model(shape: Shape, init: dict[str, np.ndarray], dtype: str) -> Any:
             h = ops.take(p["tok_emb"], ops.cast(x, "int32"), axis=0) + p["pos_emb"][:length]
             causal = ops.tril(ops.ones((length, length), "bool"))
             for i in range(shape.layers):
-                a = ops.matmul(norm(h, p[f"b{i}_ln1_g"], p[f"b{i}_ln1_b"]), p[f"b{i}_qkv_w"]) + p[f"b{i}_qkv_b"]
+                a = norm(h, p[f"b{i}_ln1_g"], p[f"b{i}_ln1_b"])
+                a = ops.matmul(a, p[f"b{i}_qkv_w"]) + p[f"b{i}_qkv_b"]
                 q, k, v = (ops.transpose(ops.reshape(t, (batch, length, heads, width // heads)), (0, 2, 1, 3))
                            for t in ops.split(a, 3, axis=-1))
                 scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(width // heads)
@@ -470,8 +481,8 @@ RUNNERS = {"optax": run_optax, "torch": run_torch, "keras": run_keras}
 
 def table(framework: str, results: Sequence[Result | NotRun]) -> str:
     """The markdown table of one framework's four runs."""
-    lines = ["| configuration | final val loss | ratio to (1) | sign agree with float32 momentum "
-             "| params unchanged | s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [("| configuration | final val loss | ratio to (1) | sign agree with float32 momentum "
+             "| params unchanged | s |"), "|---|---:|---:|---:|---:|---:|"]
     base = results[0].curve[-1][1] if isinstance(results[0], Result) else None
     for config, result in zip(CONFIGS, results):
         if isinstance(result, NotRun):
@@ -504,12 +515,13 @@ def plot_svg(title: str, curves: Sequence[tuple[str, list[tuple[int, float]]]], 
         return f"{x:.1f},{y:.1f}"
 
     parts = [f'<text x="8" y="18" font-size="14">{escape(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             'fill="none" stroke="#999"/>',
+             (f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+             'fill="none" stroke="#999"/>'),
              f'<text x="{left}" y="{height - 12}" font-size="11">step 0</text>',
              f'<text x="{width - right}" y="{height - 12}" font-size="11" text-anchor="end">{x_max}</text>',
              f'<text x="{left - 4}" y="{top + 10}" font-size="11" text-anchor="end">{y_max:.3g}</text>',
-             f'<text x="{left - 4}" y="{height - bottom}" font-size="11" text-anchor="end">{y_min:.3g}</text>']
+             (f'<text x="{left - 4}" y="{height - bottom}" font-size="11" text-anchor="end">'
+             f"{y_min:.3g}</text>")]
     for k, (label, curve) in enumerate(curves):
         colour = _COLOURS[k % len(_COLOURS)]
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
@@ -533,8 +545,8 @@ def plot(title: str, curves: Sequence[tuple[str, list[tuple[int, float]]]], path
     fig = figure(7, 4.2)
     axes = fig.add_subplot()
     for k, (label, curve) in enumerate(curves):
-        axes.plot([s for s, _ in curve], [v for _, v in curve], label=label, color=_COLOURS[k % len(_COLOURS)],
-                  linestyle="--" if k == 3 else "-")
+        axes.plot([s for s, _ in curve], [v for _, v in curve], label=label,
+                  color=_COLOURS[k % len(_COLOURS)], linestyle="--" if k == 3 else "-")
     axes.set_xlabel("step")
     axes.set_ylabel("validation loss (nats per byte)")
     axes.set_title(title, fontsize="medium")
@@ -586,7 +598,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
-        parser.error(f"--frameworks: expected names from {', '.join(FRAMEWORKS)}; received {args.frameworks!r}")
+        parser.error(f"--frameworks: expected names from {', '.join(FRAMEWORKS)}; "
+                     f"received {args.frameworks!r}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps: expected an integer >= 1; received {args.steps}")
     _limit_threads(args.threads)
@@ -602,12 +615,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = make_data(shape, settings)
     init = initial_parameters(shape, settings.seed)
     count = sum(v.size for v in init.values())
-    print(f"# bench_quality: {datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()}")
+    print(f"# bench_quality: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {machine()}")
     print(f"# {count:,} parameters ({shape.layers} blocks, width {shape.width}, {shape.heads} heads, "
           f"context {shape.context}); {data.description}")
-    print(f"# Lion lr {settings.lr:g}, betas {settings.b1}/{settings.b2}, no weight decay, batch {settings.batch}, "
-          f"{settings.steps} steps, validation on {settings.eval_batches} x {settings.batch} windows every "
-          f"{settings.eval_every} steps; seed {settings.seed}")
+    print(f"# Lion lr {settings.lr:g}, betas {settings.b1}/{settings.b2}, no weight decay, "
+          f"batch {settings.batch}, {settings.steps} steps, validation on {settings.eval_batches} x "
+          f"{settings.batch} windows every {settings.eval_every} steps; seed {settings.seed}")
     failed = False
     for framework in frameworks:
         print(f"\n## {framework} ({_version(framework)})\n", flush=True)
@@ -621,8 +634,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 result = NotRun(f"failed: {traceback.format_exc().strip().splitlines()[-1]}")
             results.append(result)
             if isinstance(result, Result):
-                print(f"# {config.name}: validation loss {result.curve[-1][1]:.4f} after {settings.steps} steps "
-                      f"({result.seconds:.0f} s)", flush=True)
+                print(f"# {config.name}: validation loss {result.curve[-1][1]:.4f} after {settings.steps} "
+                      f"steps ({result.seconds:.0f} s)", flush=True)
             else:
                 print(f"# {config.name}: not run: {result.reason}", flush=True)
         print()

@@ -594,12 +594,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="KERAS_BACKEND when it is not set (default jax)")
     parser.add_argument("--out", default="lion-quality", help="folder for the plots (default lion-quality)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run on a smaller model")
+    parser.add_argument("--configs", default="1,2,3,4", help="which configurations to run (default: 1,2,3,4)")
     args = parser.parse_args(argv)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
         parser.error(f"--frameworks: expected names from {', '.join(FRAMEWORKS)}; "
                      f"received {args.frameworks!r}")
+    selected = {c.strip() for c in args.configs.split(",") if c.strip()}
+    if not selected or not selected <= {"1", "2", "3", "4"}:
+        parser.error(f"--configs: expected numbers from 1, 2, 3, 4; received {args.configs!r}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps: expected an integer >= 1; received {args.steps}")
     _limit_threads(args.threads)
@@ -625,7 +629,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for framework in frameworks:
         print(f"\n## {framework} ({_version(framework)})\n", flush=True)
         results: list[Result | NotRun] = []
-        for config in CONFIGS:
+        for number, config in enumerate(CONFIGS, start=1):
+            if str(number) not in selected:
+                results.append(NotRun("not selected (--configs)"))
+                continue
             try:
                 result = RUNNERS[framework](config, data, shape, settings, init)
             except Exception:  # noqa: BLE001 (reported, the other runs go on; the exit status says so)

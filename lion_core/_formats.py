@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Union
+from typing import Any, Callable, Final, Union, cast
 
 import numpy as np
 
-from ._validation import MOMENTUM_DTYPES, check_bool, incompatible, invalid_type, invalid_value
+from ._validation import MOMENTUM_DTYPES, check_bool, check_choice, incompatible, invalid_type, invalid_value
 
 MASK32: Final = 0xFFFFFFFF
 #: 1/127 rounded to float32: a block's scale is its largest magnitude times this.
@@ -394,22 +394,12 @@ class StateSpec:
 
 def check_rounding(value: object, name: str = "rounding") -> str:
     """Checks a rounding mode: one of ``ROUNDINGS``."""
-    if not isinstance(value, str):
-        raise invalid_type(name, f"one of {ROUNDINGS}", value)
-    if value not in ROUNDINGS:
-        raise invalid_value(name, f"one of {ROUNDINGS}", value)
-    return value
+    return cast(str, check_choice(value, ROUNDINGS, name))
 
 
 def check_momentum_format(value: object, name: str = "momentum_dtype") -> str | None:
     """Checks a requested momentum storage: ``None`` (the parameter's dtype) or a ``MOMENTUM_FORMATS`` name."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise invalid_type(name, f"None or one of {MOMENTUM_FORMATS}", value)
-    if value not in MOMENTUM_FORMATS:
-        raise invalid_value(name, f"None or one of {MOMENTUM_FORMATS}", value)
-    return value
+    return check_choice(value, MOMENTUM_FORMATS, name, optional=True)
 
 
 def resolve_seed(seed: object, draw: Callable[[], int], name: str = "seed") -> int:

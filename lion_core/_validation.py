@@ -141,15 +141,21 @@ def check_decoupling(decouple_lr: object, max_lr: object, *, name: str = "max_lr
     check_max_lr(max_lr, name)
 
 
+def check_choice(value: object, choices: tuple[str, ...], name: str, *, optional: bool = False) -> str | None:
+    """Checks a string option: one of ``choices`` (or ``None`` when ``optional``)."""
+    if value is None and optional:
+        return None
+    expected = f"None or one of {choices}" if optional else f"one of {choices}"
+    if not isinstance(value, str):
+        raise invalid_type(name, expected, value)
+    if value not in choices:
+        raise invalid_value(name, expected, value)
+    return value
+
+
 def check_momentum_dtype(value: object, name: str = "momentum_dtype") -> str | None:
     """Checks a requested momentum dtype, given by its NumPy-style name, or ``None`` for the default."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise invalid_type(name, f"None or one of {MOMENTUM_DTYPES}", value)
-    if value not in MOMENTUM_DTYPES:
-        raise invalid_value(name, f"None or one of {MOMENTUM_DTYPES}", value)
-    return value
+    return check_choice(value, MOMENTUM_DTYPES, name, optional=True)
 
 
 def resolve_max_lr(max_lr: Any, learning_rate: Any, *, lr_name: str = "learning_rate") -> Any:

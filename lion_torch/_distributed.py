@@ -30,7 +30,7 @@ from torch.optim.optimizer import ParamsT
 import lion_core
 
 from ._functional import _as_real, _compute_dtype, _eager_scalar
-from ._optimizer import _DEFAULTS, _LR, _WEIGHT_DECAY, Lion
+from ._optimizer import _DEFAULTS, _LR, _WEIGHT_DECAY, Lion, _momentum_dtype_name
 
 __all__ = ["DistributedLion", "VOTES", "vote_bits"]
 
@@ -173,10 +173,7 @@ class DistributedLion(Lion):
         process_group: dist.ProcessGroup | None = None,
         vote: str = "majority",
     ) -> None:
-        if not isinstance(vote, str):
-            raise lion_core.invalid_type("vote", f"one of {VOTES}", vote)
-        if vote not in VOTES:
-            raise lion_core.invalid_value("vote", f"one of {VOTES}", vote)
+        lion_core.check_choice(vote, VOTES, "vote")
         if not dist.is_available() or not dist.is_initialized():
             raise lion_core.incompatible(
                 "DistributedLion needs an initialized process group: call "
@@ -220,6 +217,16 @@ class DistributedLion(Lion):
                 )
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        # The vote reads each rank's float momentum; the state formats are Lion's alone (so far).
+        formats = {"momentum_dtype": _momentum_dtype_name(group["momentum_dtype"]),
+                   "stochastic_rounding": group["stochastic_rounding"]}
+        if formats["momentum_dtype"] == "int8" or formats["stochastic_rounding"] is True:
+            self.param_groups.pop()
+            received = ", ".join(f"{name}={value!r}" for name, value in formats.items())
+            raise lion_core.incompatible(
+                "DistributedLion has no 8-bit momentum or stochastic rounding (lion_torch.Lion has "
+                f"them). Received: {received}"
+            )
         group.setdefault("world_size", self._world_size)
         group.setdefault("vote_steps", 0)
 

@@ -11,7 +11,10 @@ signature and compute ``lion_core``'s rule:
   ``_single_tensor_lion``, other tensor subclasses to ``_foreach_lion``, each detour with a warning.
 
 The caller (``lion_torch.Lion.step``) passes the tensors of one parameter group whose gradient is
-not ``None``; complex tensors are updated as pairs of reals through ``torch.view_as_real``.
+not ``None``; complex tensors are updated as pairs of reals through ``torch.view_as_real``. State
+formats (``lion_core.state_spec``: an int8 momentum with its block scales, a stochastically
+rounded bfloat16 parameter) come as the kernels' contract takes them, ``scales``,
+``momentum_keys`` and ``param_keys``; every path implements them with ``lion_torch._formats``.
 """
 
 from __future__ import annotations
@@ -332,7 +335,7 @@ def _foreach_lion(
     if scales is not None or param_keys is not None:
         n = len(params)
         formats = list(zip(_entries(scales, n), _entries(momentum_keys, n), _entries(param_keys, n)))
-        formatted = [i for i, (scale, _, param_key) in enumerate(formats) if (scale, param_key) != (None, None)]
+        formatted = [i for i, (scale, _, key) in enumerate(formats) if scale is not None or key is not None]
         if formatted:
             _foreach_formatted(*_pick(formatted, params, grads, exp_avgs), [formats[i] for i in formatted],
                                **hyper)
@@ -387,37 +390,42 @@ def _foreach_formatted(
     **hyper: Any,
 ) -> None:
     """``_foreach_lion`` for triples with a state format (int8 momentum, stochastically rounded
-    parameter): the same foreach ops on float32 working copies (whole tensors, per device), then
-    each result stored in its format as ``_single_tensor_lion`` stores it."""
-    by_device: dict[torch.device, list[int]] = {}
-    for i, p in enumerate(params):
-        by_device.setdefault(p.device, []).append(i)
-    for device, indices in by_device.items():
-        work_params, work_exp_avgs = [], []
-        for i in indices:
-            param, exp_avg, (scale, _, param_key) = params[i], exp_avgs[i], formats[i]
-            # in the compute dtype, so the results are encoded and rounded from it, as by _single_tensor_lion
-            dtype = _compute_dtype(param.dtype, grads[i].dtype, torch.float32 if scale is not None else exp_avg.dtype)
-            work_params.append(param if param_key is None else param.to(dtype))
-            work_exp_avgs.append(exp_avg if scale is None else _formats.decode(exp_avg, scale, dtype))
+    parameter): the same foreach ops on working copies in the compute dtype (whole tensors, grouped
+    by device and compute dtype), then the results stored in their formats, the int8 momenta and the
+    rounded parameters of a group each in one pass over all of them (the bits of
+    ``_single_tensor_lion``'s per-tensor ``_store``)."""
+    grouped: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
+        momentum_dtype = torch.float32 if formats[i][0] is not None else exp_avg.dtype
+        dtype = _compute_dtype(param.dtype, grad.dtype, momentum_dtype)
+        grouped.setdefault((param.device, dtype), []).append(i)
+    for (device, dtype), indices in grouped.items():
+        int8 = [i for i in indices if formats[i][0] is not None]
+        rounded = [i for i in indices if formats[i][2] is not None]
+        if any(formats[i][1] is None for i in int8):
+            raise lion_core.invalid_value("momentum_keys", "a step key for every int8 momentum", None)
+        work_params = {i: params[i] for i in indices}
+        work_params.update((i, params[i].to(dtype)) for i in rounded)
+        work_exp_avgs = {i: exp_avgs[i] for i in indices}
+        if int8:
+            decoded = _formats.decode_all([exp_avgs[i] for i in int8], [formats[i][0] for i in int8], dtype)
+            work_exp_avgs.update(zip(int8, decoded))
         _foreach_update(
-            work_params,
+            [work_params[i] for i in indices],
             [grads[i] for i in indices],
-            work_exp_avgs,
+            [work_exp_avgs[i] for i in indices],
             lr=lr.to(device) if isinstance(lr, Tensor) else lr,
             decay=decay.to(device) if isinstance(decay, Tensor) else decay,
             grad_scale=_on(grad_scale, device),
             exact_momentum=True,
             **hyper,
         )
-        for i, work_param, work_exp_avg in zip(indices, work_params, work_exp_avgs):
-            scale, momentum_key, param_key = formats[i]
-            if param_key is not None:
-                _formats.store_param(params[i], work_param, param_key)
-            if scale is not None:
-                if momentum_key is None:
-                    raise lion_core.invalid_value("momentum_keys", "a step key for every int8 momentum", None)
-                _formats.store_momentum(exp_avgs[i], scale, work_exp_avg, momentum_key)
+        if rounded:
+            _formats.store_params([params[i] for i in rounded], [work_params[i] for i in rounded],
+                                  [formats[i][2] for i in rounded])
+        if int8:
+            _formats.store_momenta([exp_avgs[i] for i in int8], [formats[i][0] for i in int8],
+                                   [work_exp_avgs[i] for i in int8], [formats[i][1] for i in int8])
 
 
 def kernel_module(device_type: str) -> ModuleType:
@@ -564,7 +572,8 @@ def _pick(indices: Sequence[int], *lists: list[Tensor]) -> list[list[Tensor]]:
 
 def _pick_formats(indices: Sequence[int], formats: dict[str, Keys[Any]]) -> dict[str, Keys[Any]]:
     """The state formats' lists (``scales``, ``momentum_keys``, ``param_keys``) at ``indices``."""
-    return {name: None if values is None else [values[i] for i in indices] for name, values in formats.items()}
+    return {name: None if values is None else [values[i] for i in indices]
+            for name, values in formats.items()}
 
 
 def _describe(i: int, param: Tensor) -> str:

@@ -133,7 +133,8 @@ def _format_name(momentum_dtype: object) -> str:
     """How a group's momentum format is named in a mismatch error."""
     if _is_int8(momentum_dtype):
         return "momentum_dtype='int8', the 8-bit momentum this optimizer was built with"
-    return f"a floating-point momentum (momentum_dtype={_momentum_dtype_name(momentum_dtype)!r}), as this optimizer was built"
+    name = _momentum_dtype_name(momentum_dtype)
+    return f"a floating-point momentum (momentum_dtype={name!r}), as this optimizer was built"
 
 
 def _formatted(spec: lion_core.StateSpec) -> bool:
@@ -197,6 +198,23 @@ class Lion(Optimizer):
         parameter's dtype, as ``torch.optim`` keeps its state (default: None). ``torch.float32``
         for bfloat16 or float16 parameters keeps the momentum's small increments at two more bytes
         per element (see ``lion_core.momentum_dtype``). Kept across ``load_state_dict``.
+        ``"int8"`` (or ``torch.int8``): an 8-bit momentum, ``lion_core.INT8``: int8 codes shaped
+        like the parameter in ``exp_avg`` and one float32 scale per block of 256 elements of the
+        flattened parameter in ``exp_avg_scales`` (1.016 bytes per element); each step decodes it,
+        computes in float32 (float64 for float64 parameters) and encodes it with stochastically
+        rounded codes. Not for complex parameters.
+      stochastic_rounding: store bfloat16 parameters from the float32 result by unbiased
+        stochastic rounding (``lion_core.stochastic_round_bfloat16``), so that updates below half
+        a bfloat16 ulp are not rounded away; parameters of other dtypes are rounded to nearest
+        (default: False).
+      seed: the seed of the random bits of ``momentum_dtype="int8"`` and ``stochastic_rounding``,
+        an integer in ``[0, 2**32)``; None draws one from torch's generator at construction
+        (``torch.manual_seed`` makes it reproducible), only when a group uses them (default:
+        None). The bits are ``lion_core.counter_hash`` of a key derived from the seed and the
+        parameter's position over all groups (as ``state_dict`` numbers them), the parameter's
+        own count of updates (``state["step"]``) and the element's flat index: those of
+        ``lion_core.reference`` and of every kernel. Kept in every group, so ``state_dict``
+        saves it and a resumed run continues with the same bits.
       foreach: use ``torch._foreach_*`` ops, grouped by device and dtype; None chooses them
         wherever the fused kernel is not the default (default: None). ``foreach=False`` alone
         selects the single-tensor path.
@@ -218,12 +236,19 @@ class Lion(Optimizer):
         including a complex or meta-device tensor, and a zero lr with ``decouple_lr=True`` and no
         ``max_lr``.
       RuntimeError: ``foreach=True`` with ``fused=True``; ``max_lr`` without ``decouple_lr``;
-        ``momentum_dtype`` for complex parameters.
+        ``momentum_dtype`` for complex parameters; ``momentum_dtype="int8"`` or
+        ``stochastic_rounding=True`` (bfloat16) for DTensor parameters (FSDP2), whose local shards
+        do not have the whole tensor's blocks and flat indices (the error names the parameter).
 
     Notes:
       Gradients are read, never written, also under ``torch.amp.GradScaler``, whose scale and
       inf check ``step`` applies itself. Parameters whose gradient is ``None`` are skipped and get
       no state. Complex parameters are updated as pairs of reals. Sparse gradients are refused.
+      With ``momentum_dtype="int8"`` or ``stochastic_rounding``, the state also holds ``step``,
+      which a parameter without a gradient, or a step that GradScaler skips, leaves unchanged; a
+      fused kernel without a routine for these formats hands their tensors to the single-tensor
+      path (one ``lion_core.FallbackWarning``). ``load_state_dict`` refuses a state saved with the
+      other momentum format (``lion_core.mismatched_state``) instead of converting it.
 
     Example:
       >>> import torch
@@ -236,6 +261,12 @@ class Lion(Optimizer):
       >>> opt.zero_grad()
       >>> sorted(opt.state[model.weight])
       ['exp_avg']
+      >>> small = Lion(model.parameters(), lr=1e-4, momentum_dtype="int8", seed=0)  # 8-bit momentum
+      >>> model(torch.ones(8, 4)).pow(2).mean().backward()
+      >>> small.step()
+      >>> state = small.state[model.weight]
+      >>> sorted(state), state["exp_avg"].dtype
+      (['exp_avg', 'exp_avg_scales', 'step'], torch.int8)
 
     References:
       Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
@@ -390,7 +421,8 @@ class Lion(Optimizer):
         The random bits' keys: ``t`` is the parameter's position over all groups (``offset`` + its
         index in the group, as ``state_dict`` numbers it), ``step`` its own count of updates.
         """
-        if not _STRIDED_ONLY.issuperset(map(_LAYOUT, (p.grad for p in group["params"] if p.grad is not None))):
+        layouts = (p.grad.layout for p in group["params"] if p.grad is not None)
+        if not _STRIDED_ONLY.issuperset(layouts):
             self._refuse_sparse(group)
         seed = group["seed"]
         derive = lion_core.derive_seed if torch.compiler.is_compiling() else _tensor_seed
@@ -406,6 +438,14 @@ class Lion(Optimizer):
             state = self.state[p]
             if "exp_avg" not in state:
                 self._init_state(p, group, spec, state)
+            elif isinstance(spec.momentum, lion_core.BlockwiseInt8) != ("exp_avg_scales" in state):
+                # the group's momentum_dtype was changed after its state was created
+                raise lion_core.mismatched_state(
+                    f"state of param_groups[{self._group_index(group)}]['params'][{j}]",
+                    f"the format of momentum_dtype={_momentum_dtype_name(group['momentum_dtype'])!r}",
+                    "an int8 momentum" if "exp_avg_scales" in state
+                    else f"a {state['exp_avg'].dtype} momentum",
+                )
             params.append(p)
             grads.append(grad)
             exp_avgs.append(state["exp_avg"])
@@ -430,7 +470,9 @@ class Lion(Optimizer):
         return scales, momentum_keys, param_keys, counted
 
     @staticmethod
-    def _init_state(p: Tensor, group: Mapping[str, Any], spec: lion_core.StateSpec, state: dict[str, Any]) -> None:
+    def _init_state(
+        p: Tensor, group: Mapping[str, Any], spec: lion_core.StateSpec, state: dict[str, Any]
+    ) -> None:
         """A fresh state in ``spec``'s formats (``exp_avg``; with a format, ``step``; int8 codes
         shaped like ``p`` and float32 ``exp_avg_scales``, one per block of the flattened ``p``)."""
         if isinstance(spec.momentum, lion_core.BlockwiseInt8):
@@ -564,7 +606,8 @@ class Lion(Optimizer):
             len(s["params"]) == len(g["params"]) for s, g in zip(saved_groups, groups)
         ):
             for i, (saved, group) in enumerate(zip(saved_groups, groups)):
-                if "momentum_dtype" in saved and _is_int8(saved["momentum_dtype"]) != _is_int8(group["momentum_dtype"]):
+                saved_int8 = _is_int8(saved.get("momentum_dtype"))
+                if "momentum_dtype" in saved and saved_int8 != _is_int8(group["momentum_dtype"]):
                     raise lion_core.mismatched_state(
                         f"state_dict['param_groups'][{i}]['momentum_dtype']",
                         _format_name(group["momentum_dtype"]),
@@ -608,7 +651,8 @@ class Lion(Optimizer):
         if not isinstance(value, Mapping) or (value and list(keys) not in allowed):
             expected = f"{list(_STATE_KEYS)}, the state Lion keeps (is it another optimizer's?)"
             if int8:
-                expected = f"{sorted(_INT8_STATE_KEYS)}, the state of Lion's int8 momentum (is it another optimizer's?)"
+                expected = (f"{sorted(_INT8_STATE_KEYS)}, the state of Lion's int8 momentum "
+                            "(is it another optimizer's?)")
             raise lion_core.invalid_value(f"{name}.keys()", expected, keys)
         if not value:
             return None
@@ -621,7 +665,7 @@ class Lion(Optimizer):
                 name,
                 "an int8 momentum (int8 `exp_avg` codes and float32 `exp_avg_scales`), as "
                 "momentum_dtype='int8' keeps it" if int8 else "a floating-point momentum `exp_avg`",
-                f"an int8 momentum with `exp_avg_scales`" if saved_int8 else f"a {exp_avg.dtype} momentum",
+                "an int8 momentum with `exp_avg_scales`" if saved_int8 else f"a {exp_avg.dtype} momentum",
             )
         if exp_avg.shape != param.shape:
             expected = f"{tuple(param.shape)}, the shape of its parameter"
@@ -634,10 +678,14 @@ class Lion(Optimizer):
             scales = value["exp_avg_scales"]
             blocks = lion_core.INT8.blocks(param.numel())
             if exp_avg.dtype != torch.int8:
-                raise lion_core.invalid_value(f"{name}['exp_avg'].dtype", "torch.int8 (the codes)", exp_avg.dtype)
-            if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or tuple(scales.shape) != (blocks,):
-                expected = f"a float32 tensor of shape ({blocks},), one scale per block of {lion_core.INT8.block_size}"
-                received = scales if not isinstance(scales, Tensor) else f"{scales.dtype} of shape {tuple(scales.shape)}"
+                raise lion_core.invalid_value(f"{name}['exp_avg'].dtype", "torch.int8 (the codes)",
+                                              exp_avg.dtype)
+            if not (isinstance(scales, Tensor) and scales.dtype == torch.float32
+                    and tuple(scales.shape) == (blocks,)):
+                expected = (f"a float32 tensor of shape ({blocks},), one scale per block of "
+                            f"{lion_core.INT8.block_size}")
+                received = (f"{scales.dtype} of shape {tuple(scales.shape)}" if isinstance(scales, Tensor)
+                            else scales)
                 raise lion_core.invalid_value(f"{name}['exp_avg_scales']", expected, received)
             return dict(value)
         if exp_avg.is_complex() != param.is_complex():

@@ -197,6 +197,7 @@ def _worker(rank: int, world: int, folder: str, task: str, args: tuple[Any, ...]
     )
     try:
         result = {"bytes": _bytes, "quality": _quality}[task](rank, world, *args)
+        dist.barrier()  # every rank is done before any rank closes its connections
     finally:
         dist.destroy_process_group()
     if rank == 0:

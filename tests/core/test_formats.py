@@ -46,6 +46,18 @@ def test_hash_is_the_same_on_uint32_masked_int64_and_python_ints():
     assert_exact(as_python, as_uint32.astype(np.uint64), what="python vs uint32")
 
 
+def test_keyed_hash_is_counter_hash_from_the_step_key():
+    """The kernels' contract passes ``step_key(derive_seed(...), step)``; ``keyed_hash`` finishes it."""
+    index = np.arange(1000, dtype=np.uint32)
+    for seed, step in [(0, 0), (77, 12), (2**32 - 1, 2**31 + 5)]:
+        key = lion_core.step_key(seed, step)
+        assert isinstance(key, int) and 0 <= key < 2**32
+        expected = counter_hash(np.uint32(seed), np.uint32(step), index)
+        assert_exact(lion_core.keyed_hash(key, index), expected, what="python key")
+        assert_exact(lion_core.keyed_hash(np.int64(key), index.astype(np.int64)), expected.astype(np.int64),
+                     what="int64 key")
+
+
 def test_mix32_is_a_bijection_on_a_range():
     x = np.arange(1 << 16, dtype=np.uint32) * np.uint32(65537)
     assert np.unique(mix32(x)).size == x.size

@@ -139,7 +139,8 @@ def test_a_missing_gradient_leaves_the_state_and_its_count_alone(path, case):
 
 
 def _variant(name: str, **changes: object) -> cases.Case:
-    return dataclasses.replace(cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding"), id=name, **changes)
+    row = cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding")
+    return dataclasses.replace(row, id=name, **changes)
 
 
 #: The formats composed with the other options (beyond FORMAT_CASES' weight decay and cautious).
@@ -183,6 +184,25 @@ def test_float64_parameters_with_int8_momentum(path):
         assert_exact(p, expected.params[i], what=f"param {i}")
         assert_exact(opt.state[p]["exp_avg"], expected.stored[i].codes, what=f"codes {i}")
         assert_exact(opt.state[p]["exp_avg_scales"], expected.stored[i].scales, what=f"scales {i}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_groups_and_memory_layouts_do_not_change_the_bits(path):
+    """The tensor index counts over all groups, and the element index is the logical flat index:
+    parameters split over two groups, one of them channels_last, end with the reference's bits."""
+    case = cases.by_id(cases.FORMAT_CASES, "int8_stochastic_rounding")
+    shapes = ((2, 3, 5, 7), (300,), (4, 3, 2, 2))
+    problem = cases.problem(case, margin=True, shapes=shapes, missing=None)
+    params = [tensor(x, torch.bfloat16, True) for x in problem.init]
+    params[0] = params[0].detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    assert not params[0].is_contiguous()
+    options = format_options(case, path)
+    opt = Lion([{"params": params[:1]}, {"params": params[1:]}], **options)
+    for step_grads in problem.grads:
+        for p, g in zip(params, step_grads):
+            p.grad = tensor(g, torch.bfloat16)
+        opt.step()
+    assert_matches(case, params, opt, cases.reference(case, problem))
 
 
 def test_int8_state_takes_about_one_byte_per_element():
@@ -250,7 +270,8 @@ def test_given_seed_is_used_and_torch_int8_names_the_format():
     "kwargs, error, text",
     [
         ({"seed": -1}, ValueError, "Invalid `seed`: expected 0 <= seed < 2**32. Received: seed=-1"),
-        ({"seed": 2**32}, ValueError, "Invalid `seed`: expected 0 <= seed < 2**32. Received: seed=4294967296"),
+        ({"seed": 2**32}, ValueError,
+         "Invalid `seed`: expected 0 <= seed < 2**32. Received: seed=4294967296"),
         ({"seed": 1.5}, TypeError,
          "Invalid `seed`: expected an integer 0 <= seed < 2**32. Received: seed=1.5 of type float"),
         ({"seed": True}, TypeError,
@@ -273,7 +294,8 @@ def test_bad_format_options_are_refused_naming_the_argument(kwargs, error, text)
 
 
 def test_int8_momentum_of_complex_parameters_is_refused():
-    with pytest.raises(RuntimeError, match=re.escape("`momentum_dtype` cannot be set for complex parameters")):
+    text = "`momentum_dtype` cannot be set for complex parameters"
+    with pytest.raises(RuntimeError, match=re.escape(text)):
         Lion([torch.zeros(2, dtype=torch.complex64, requires_grad=True)], momentum_dtype="int8")
 
 
@@ -394,6 +416,19 @@ def test_a_float_state_is_refused_by_an_int8_optimizer():
         opt.load_state_dict(saved)
 
 
+def test_changing_a_groups_momentum_format_after_its_state_exists_is_refused():
+    opt = _trained(None)
+    opt.param_groups[0]["momentum_dtype"] = "int8"
+    opt.param_groups[0]["seed"] = 0
+    (p,) = opt.param_groups[0]["params"]
+    p.grad = torch.ones(7)
+    with pytest.raises(TypeError, match=re.escape(
+        "Invalid `state of param_groups[0]['params'][0]`: expected the format of momentum_dtype='int8'. "
+        "Received: a torch.float32 momentum; build the optimizer"
+    )):
+        opt.step()
+
+
 def test_a_damaged_int8_state_is_refused():
     saved = _through_disk(_trained("int8", seed=0).state_dict())
     saved["state"][0]["exp_avg_scales"] = saved["state"][0]["exp_avg_scales"].double()
@@ -440,7 +475,8 @@ def test_grad_scaler_skip_leaves_codes_scales_and_step_alone(path):
         assert_exact(p, p0, what="param after a skipped step")
         assert opt.state[p]["step"] == state["step"] == 1
         assert_exact(opt.state[p]["exp_avg"], state["exp_avg"], what="codes after a skipped step")
-        assert_exact(opt.state[p]["exp_avg_scales"], state["exp_avg_scales"], what="scales after a skipped step")
+        assert_exact(opt.state[p]["exp_avg_scales"], state["exp_avg_scales"],
+                     what="scales after a skipped step")
 
 
 class _Recorder:
@@ -484,7 +520,8 @@ def test_the_fused_path_passes_the_formats_to_the_kernel(monkeypatch):
 
         assert second["scales"][0] is opt.state[int8]["exp_avg_scales"]
         assert second["scales"][1] is opt.state[rounded]["exp_avg_scales"]
-        assert second["momentum_keys"] == [key(lion_core.MOMENTUM_STREAM, 1), key(lion_core.MOMENTUM_STREAM, 2)]
+        momentum = lion_core.MOMENTUM_STREAM
+        assert second["momentum_keys"] == [key(momentum, 1), key(momentum, 2)]
         # a float32 parameter is rounded to nearest: no key; the bfloat16 one has its own
         assert second["param_keys"] == [None, key(lion_core.PARAM_STREAM, 2)]
 

@@ -377,8 +377,9 @@ def reference_lion_stored(
 
     Every step loads each momentum (``load_momentum``), runs ``reference_step`` in ``compute``,
     stores the parameter with ``spec.param_rounding`` and the momentum in ``spec.momentum``
-    (``store_param``, ``store_momentum``); the random bits use ``seed``, the step's 0-based index
-    and the tensor's position in ``params``. A ``None`` gradient leaves the tensor and its state alone.
+    (``store_param``, ``store_momentum``); the random bits use ``seed``, the tensor's position in
+    ``params`` and its own step: the number of updates it has had before this one (a ``None``
+    gradient leaves the tensor and its state alone, and does not count).
 
     Returns:
       A ``StoredResult``: float64 parameters, decoded momenta, and the stored momenta.
@@ -391,6 +392,7 @@ def reference_lion_stored(
         value, decoded = store_momentum(np.zeros(np.shape(p), compute), s.momentum, seed=seed)
         stored.append(value)
         moments.append(decoded)
+    updates = [0] * len(params)  # each tensor's own step count: its random bits' counter
     for step, step_grads in enumerate(grads):
         hyper = _hyperparameters_at(step, lr, beta1, beta2, weight_decay)
         for i, grad in enumerate(step_grads):
@@ -400,10 +402,12 @@ def reference_lion_stored(
                 current[i], grad, moments[i], max_lr=max_lr, cautious=cautious, maximize=maximize,
                 dtype=compute, **hyper,
             )
+            own = updates[i]
             current[i] = store_param(
-                new_p, param_dtype, rounding=specs[i].param_rounding, seed=seed, step=step, tensor=i
+                new_p, param_dtype, rounding=specs[i].param_rounding, seed=seed, step=own, tensor=i
             )
             stored[i], moments[i] = store_momentum(
-                new_m.astype(compute), specs[i].momentum, seed=seed, step=step, tensor=i
+                new_m.astype(compute), specs[i].momentum, seed=seed, step=own, tensor=i
             )
+            updates[i] += 1
     return StoredResult(current, moments, stored)

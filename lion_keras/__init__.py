@@ -3,7 +3,8 @@
 It runs ``lion_core``'s rule through ``keras.ops`` (and ``torch._foreach_*`` ops on the PyTorch
 backend), keeps everything that Keras' base optimizer does (clipping, weight decay, EMA, gradient
 accumulation, loss scaling, schedules, saving), and adds the core's variants: ``cautious``, fully
-decoupled weight decay (``decouple_lr``, ``max_lr``) and ``momentum_dtype``.
+decoupled weight decay (``decouple_lr``, ``max_lr``), ``momentum_dtype`` (``"int8"``: 8-bit blockwise
+momentum) and ``stochastic_rounding`` for bfloat16 variables, with a saved ``seed``.
 
 Example (the README's Keras example; ``tests/keras/test_training.py`` runs it as written)::
 

@@ -155,6 +155,8 @@ class Lion(keras.optimizers.Optimizer):
         each step decodes it, computes in float32 (float64 for float64 variables) and encodes it
         again with stochastically rounded codes (``lion_core.counter_hash``), bit for bit the
         codes of ``lion_core.reference``. Not for complex variables. Defaults to ``None``.
+        (With ``"int8"`` or ``stochastic_rounding``, each variable also keeps an int32 count of
+        its own updates, the random bits' step.)
       stochastic_rounding: keyword-only. Store bfloat16 variables by unbiased stochastic rounding
         of the float32 result (``lion_core.stochastic_round_bfloat16``) instead of rounding to
         nearest, which drops every update smaller than half a bfloat16 ulp (with a learning rate of
@@ -259,6 +261,7 @@ class Lion(keras.optimizers.Optimizer):
         self._given_seed = seed
         self._specs: list[lion_core.StateSpec | None] = []
         self._momentum_scales: list[keras.Variable | None] = []
+        self._steps: list[keras.Variable | None] = []
         # Variables that exist before `build` (the iteration count, a constant learning rate): a
         # saved state with only these comes from an optimizer that never stepped.
         self._unbuilt_variable_count = len(self.variables)
@@ -269,12 +272,11 @@ class Lion(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        momentums, scales, specs = [], [], []
+        momentums, scales, steps, specs = [], [], [], []
         for variable in var_list:
             if self._overwrite_variable_with_gradient(variable):
-                momentums.append(None)
-                scales.append(None)
-                specs.append(None)
+                for state in (momentums, scales, steps, specs):
+                    state.append(None)
                 continue
             spec = lion_core.state_spec(
                 _dtype(variable), self.momentum_dtype, stochastic_rounding=self.stochastic_rounding
@@ -283,27 +285,29 @@ class Lion(keras.optimizers.Optimizer):
             # Same name as `add_variable_from_reference` gives, in the momentum's own dtype.
             prefix = getattr(variable, "path", str(variable.name)).replace("/", "_").replace(":", "_")
             layout = getattr(variable, "_layout", None)
-            if spec.momentum.name == "int8":
-                momentums.append(
-                    self.add_variable(shape=variable.shape, dtype="int8", name=f"{prefix}_momentum", layout=layout)
-                )
-                size = int(np.prod(variable.shape, dtype=np.int64))
-                scales.append(
-                    self.add_variable(
-                        shape=(lion_core.INT8.blocks(size),), dtype="float32", name=f"{prefix}_momentum_scales"
-                    )
-                )
-                continue
-            scales.append(None)
             dtype = spec.momentum.name
             if dtype == _dtype(variable):
                 momentums.append(self.add_variable_from_reference(variable, "momentum"))
             else:
                 momentums.append(
-                    self.add_variable(shape=variable.shape, dtype=dtype, name=f"{prefix}_momentum", layout=layout)
+                    self.add_variable(
+                        shape=variable.shape, dtype=dtype, name=f"{prefix}_momentum", layout=layout
+                    )
                 )
+            scales.append(None)
+            if dtype == "int8":
+                size = int(np.prod(variable.shape, dtype=np.int64))
+                scales[-1] = self.add_variable(
+                    shape=(lion_core.INT8.blocks(size),), dtype="float32", name=f"{prefix}_momentum_scales"
+                )
+            # The random bits' step: this variable's own updates (a step without its gradient does
+            # not count), as lion_core.reference_lion_stored and lion_torch's state["step"] count.
+            formatted = _formatted(spec)
+            step = self.add_variable(shape=(), dtype="int32", name=f"{prefix}_step") if formatted else None
+            steps.append(step)
         self._momentums = momentums
         self._momentum_scales = scales
+        self._steps = steps
         self._specs = specs
 
     def _betas(self, dtype: str) -> tuple[Any, Any]:
@@ -328,14 +332,17 @@ class Lion(keras.optimizers.Optimizer):
         self.assign(variable, _to_storage(param - lr * update, _dtype(variable)))
         self.assign(momentum, _to_storage(lion_core.next_momentum(m, grad, beta2=beta_2), _dtype(momentum)))
 
-    def _formatted_step(self, index: int, gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
+    def _formatted_step(
+        self, index: int, gradient: Any, variable: keras.Variable, learning_rate: Any
+    ) -> None:
         """``update_step`` for a variable with lion_core's formats: ``lion_core.reference_lion_stored``'s
         step (computed in float32, stored with the variable's rounding and the momentum's format)."""
         spec = self._specs[index]
         momentum, scales = self._momentums[index], self._momentum_scales[index]
         gradient = ops.convert_to_tensor(gradient)
         int8 = scales is not None
-        dtype = lion_core.compute_dtype(_dtype(variable), _dtype(gradient), "float32" if int8 else _dtype(momentum))
+        stored = "float32" if int8 else _dtype(momentum)  # an 8-bit momentum is decoded to float32
+        dtype = lion_core.compute_dtype(_dtype(variable), _dtype(gradient), stored)
         param, grad = ops.cast(variable, dtype), ops.cast(gradient, dtype)
         if int8:
             m = lion_core.INT8.decode(momentum, scales, xp=_formats.XP, dtype=dtype)
@@ -351,7 +358,8 @@ class Lion(keras.optimizers.Optimizer):
             update = lion_core.cautious_mask(update, grad, xp=ops)
         new_m = _formats.rounded(beta_2 * m, zero) + _formats.rounded(rest_2 * grad, zero)
         lr = ops.cast(learning_rate, dtype)
-        step = _formats.Bits.of(self.iterations)  # the updates made before this one
+        steps = self._steps[index]
+        step = _formats.Bits.of(steps)  # this variable's updates before this one
         shape = tuple(variable.shape)
         if spec.param_rounding == "stochastic":
             if self._decays_in_step(variable):
@@ -367,13 +375,14 @@ class Lion(keras.optimizers.Optimizer):
             self.assign(scales, new_scales)
         else:
             self.assign(momentum, _to_storage(new_m, _dtype(momentum)))
+        self.assign_add(steps, ops.ones((), "int32"))
 
     def _seed_bits(self) -> _formats.Bits:
         return _formats.Bits.of(self._seed)
 
     def _seed_value(self) -> int:
-        """The seed as a Python int (``None``-free: only called where a format needs it)."""
-        return int(ops.convert_to_numpy(self._seed))
+        """The seed as a Python int (eager code only: ``get_config``, the PyTorch kernel's keys)."""
+        return _python_int(self._seed)
 
     def _has_formats(self, variable: Any) -> bool:
         """Whether ``variable``'s state uses lion_core's formats (``_formatted_step`` updates it)."""
@@ -476,7 +485,8 @@ class Lion(keras.optimizers.Optimizer):
         int8 codes for a floating momentum or the reverse, a seed where none is kept or the reverse."""
         saved_int8 = any(_dtype(store[str(i)]) == "int8" for i in range(saved))
         own_int8 = self.momentum_dtype == "int8"
-        if saved_int8 != own_int8:
+        # A state saved before the first step has no momentum, in any format.
+        if saved_int8 != own_int8 and saved > self._unbuilt_variable_count:
             raise lion_core.mismatched_state(
                 "momentum_dtype",
                 f"a state saved with momentum_dtype={self.momentum_dtype!r}",
@@ -525,6 +535,12 @@ class Lion(keras.optimizers.Optimizer):
                     config[key], custom_objects=custom_objects
                 )
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _python_int(x: Any) -> int:
+    """A scalar variable or tensor's value as a Python int (eager)."""
+    value = getattr(x, "value", x)
+    return int(value.item() if hasattr(value, "item") else value)
 
 
 def _is_float(dtype: str) -> bool:

@@ -14,6 +14,7 @@ per operation instead of one per operation and variable, as in Keras' own PyTorc
 from __future__ import annotations
 
 import importlib
+import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from types import ModuleType
@@ -24,7 +25,7 @@ from keras import ops
 
 import lion_core
 
-from ._optimizer import _dtype
+from ._optimizer import _dtype, _python_int
 
 #: The kernel module for each device type that has one (imported on first use; it builds nothing).
 KERNEL_MODULES: dict[str, str] = {"cpu": "lion_kernels.cpu_lion", "cuda": "lion_kernels.triton_lion"}
@@ -128,6 +129,13 @@ def _scalar(value: Any, dtype: torch.dtype) -> float:
     return float(torch.as_tensor(ops.convert_to_tensor(value), dtype=dtype).item())
 
 
+def _reference_beta(beta: Any, dtype: torch.dtype) -> float:
+    """A beta as ``lion_core.reference`` takes it: a Python number as given (the kernel forms
+    ``1 - beta`` from it, as ``Lion._formatted_step`` does), a tensor rounded to the compute dtype."""
+    value = beta() if callable(beta) else beta
+    return float(value) if isinstance(value, numbers.Real) else _scalar(value, dtype)
+
+
 def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
     """Per variable: its int8 momentum's scales tensor, and the step keys of its codes' and its own
     stochastic rounding (``lion_core.step_key``; ``None`` where the variable has no such format)."""
@@ -138,12 +146,17 @@ def _format_keys(optimizer: Any, variables: Sequence[Any]) -> tuple[list[Any], l
     param_keys: list[Any] = [None] * len(variables)
     if optimizer._seed is not None:
         seed = optimizer._seed_value()
-        step = int(ops.convert_to_numpy(optimizer.iterations))  # the updates made before this one
+
+        def key(stream: int, t: int) -> int:
+            # The variable's own step: the updates it has had before this one.
+            step = _python_int(optimizer._steps[t])
+            return lion_core.step_key(lion_core.derive_seed(seed, stream, t), step)
+
         for j, (t, spec) in enumerate(zip(indices, specs)):
             if scales[j] is not None:
-                momentum_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.MOMENTUM_STREAM, t), step)
+                momentum_keys[j] = key(lion_core.MOMENTUM_STREAM, t)
             if spec is not None and spec.param_rounding == "stochastic":
-                param_keys[j] = lion_core.step_key(lion_core.derive_seed(seed, lion_core.PARAM_STREAM, t), step)
+                param_keys[j] = key(lion_core.PARAM_STREAM, t)
     return [None if s is None else s.value for s in scales], momentum_keys, param_keys
 
 
@@ -157,21 +170,25 @@ def _fused_update(
     scales, momentum_keys, param_keys = _format_keys(optimizer, variables)
     # Stochastically rounded variables are decayed by the kernel, before their one rounding.
     decays = [k is not None and optimizer._decays_in_step(v) for k, v in zip(param_keys, variables)]
-    batches: dict[tuple[torch.device, str, bool], list[int]] = defaultdict(list)
+    batches: dict[tuple[torch.device, str, bool, bool], list[int]] = defaultdict(list)
     rest: list[int] = []
     for i, (variable, grad, momentum, param) in enumerate(zip(variables, grads, momentums, params)):
         if not all(type(t) in _PLAIN_TYPES for t in (param, reals[i], moms[i])):
             rest.append(i)  # a tensor subclass: a kernel must never receive its pointer
             continue
         name = lion_core.compute_dtype(_dtype(variable), _dtype(grad), _dtype(momentum))
-        batches[(param.device, name, decays[i])].append(i)
-    for (device, name, decay), indices in batches.items():
+        formatted = optimizer._has_formats(variable)
+        batches[(param.device, name, decays[i], formatted)].append(i)
+    for (device, name, decay, formatted), indices in batches.items():
         kernel = _kernel(device.type)
         if kernel is None:
             rest.extend(indices)
             continue
         dtype = _TORCH_DTYPES[name]
-        beta_1, beta_2 = (_scalar(beta, dtype) for beta in optimizer._betas(name))
+        if formatted:  # 1 - beta as lion_core.reference forms it, so that the codes match it
+            beta_1, beta_2 = (_reference_beta(b, dtype) for b in (optimizer.beta_1, optimizer.beta_2))
+        else:
+            beta_1, beta_2 = (_scalar(beta, dtype) for beta in optimizer._betas(name))
         formats: dict[str, Any] = {}
         for key, values in (("scales", scales), ("momentum_keys", momentum_keys), ("param_keys", param_keys)):
             if any(values[i] is not None for i in indices):
@@ -191,15 +208,26 @@ def _fused_update(
             maximize=False,
             **formats,
         )
-        if untouched:
-            first = indices[untouched[0]]
+        handed_back = [indices[j] for j in untouched]
+        for i in sorted(set(indices) - set(handed_back)):  # stepped by the kernel: count the update
+            steps = optimizer._steps[optimizer._get_variable_index(variables[i])]
+            if steps is not None:
+                steps.value.add_(1)
+        for formatted, path in ((False, "the foreach update"), (True, "lion_keras.Lion.update_step")):
+            some = [i for i in handed_back if optimizer._has_formats(variables[i]) == formatted]
+            if not some:
+                continue
+            what = f"{variables[some[0]].path}', {_dtype(variables[some[0]])}"
+            if formatted:
+                spec = optimizer._specs[optimizer._get_variable_index(variables[some[0]])]
+                what += f", momentum {spec.momentum.name}, {spec.param_rounding} rounding"
             lion_core.warn_fallback(
                 f"lionkit's fused {device.type} kernel for some variables of lion_keras.Lion",
-                f"it does not support, or cannot update in place, {len(untouched)} of {len(indices)} "
-                f"variables (the first: '{variables[first].path}', {_dtype(variables[first])})",
-                "the foreach update for them",
+                f"it does not support, or cannot update in place, {len(some)} of {len(indices)} "
+                f"variables (the first: '{what})",
+                f"{path} for them",
             )
-            rest.extend(indices[j] for j in untouched)
+        rest.extend(handed_back)
     return sorted(rest)
 
 

@@ -56,7 +56,8 @@ stochastic rounding, with the row's ``seed``). For them :func:`reference` runs
 ``lion_core.reference.reference_lion_stored``: each step computed in float32, the parameter stored
 with the row's rounding (``store_param``) and the momentum in its format (``store_momentum``), the
 random bits from ``counter_hash(derive_seed(seed, stream, tensor), step, flat index)`` with the
-0-based step and the parameter's position in ``problem.init``; its result also carries the stored
+parameter's own step (the updates it has had before this one: a ``None`` gradient does not count)
+and its position in ``problem.init``; its result also carries the stored
 momenta (``Int8State(codes, scales)``), which a path must reproduce bit for bit (codes and scales
 follow only from the float32 momentum, so every path that rounds each product of the momentum's
 update agrees exactly), while parameters keep their dtype's budgets (a path whose float32 parameter

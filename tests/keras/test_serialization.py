@@ -32,13 +32,17 @@ def _config_without_name(optimizer):
         dict(weight_decay=0.5, cautious=True, decouple_lr=True, max_lr=2e-3, momentum_dtype="bfloat16"),
         dict(learning_rate=1e-2, weight_decay=0.5, decouple_lr=True),
         dict(beta_1=warm_beta_1),
+        dict(momentum_dtype="int8", stochastic_rounding=True, seed=12),
+        dict(stochastic_rounding=True),
     ],
-    ids=["defaults", "keras_options", "schedule", "variants", "default_max_lr", "callable_beta"],
+    ids=["defaults", "keras_options", "schedule", "variants", "default_max_lr", "callable_beta", "formats",
+         "drawn_seed"],
 )
 def test_config_round_trip(kwargs):
     optimizer = lion_keras.Lion(**kwargs)
     config = optimizer.get_config()
-    for key in ("beta_1", "beta_2", "cautious", "decouple_lr", "max_lr", "momentum_dtype"):
+    ours = ("cautious", "decouple_lr", "max_lr", "momentum_dtype", "stochastic_rounding", "seed")
+    for key in ("beta_1", "beta_2", *ours):
         assert key in config
     restored = lion_keras.Lion.from_config(config)
     assert _config_without_name(restored) == _config_without_name(optimizer)

@@ -27,6 +27,8 @@ def test_signature_is_keras_lion_plus_keyword_only_variants():
         "decouple_lr": False,
         "max_lr": None,
         "momentum_dtype": None,
+        "stochastic_rounding": False,
+        "seed": None,
     }
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extra.values())
 
@@ -74,9 +76,11 @@ BAD_VALUES = {
                "is divided by the peak learning rate, which then defaults to learning_rate); to start from "
                "learning_rate=0.0, pass max_lr=<the peak learning rate>", "0.0"),
     ),
-    "momentum_dtype_int8": (
-        dict(momentum_dtype="int8"),
-        _range("momentum_dtype", "None or one of ('float16', 'bfloat16', 'float32', 'float64')", "'int8'"),
+    "momentum_dtype_int4": (
+        dict(momentum_dtype="int4"),
+        _range(
+            "momentum_dtype", "None or one of ('float16', 'bfloat16', 'float32', 'float64', 'int8')", "'int4'"
+        ),
     ),
 }
 
@@ -100,7 +104,7 @@ BAD_TYPES = {
         dict(momentum_dtype=np.float32),
         _range(
             "momentum_dtype",
-            "None or one of ('float16', 'bfloat16', 'float32', 'float64')",
+            "None or one of ('float16', 'bfloat16', 'float32', 'float64', 'int8')",
             "<class 'numpy.float32'> of type type",
         ),
     ),

@@ -2,9 +2,8 @@
 
 Every path runs ``cases.FORMAT_CASES`` against ``lion_core.reference.reference_lion_stored``: the
 int8 codes and scales bit for bit, parameters within their budgets. The random bits' ``step`` is
-each parameter's own count of updates (``state["step"]``, docs/hyperparameters.md), so a parameter
-without a gradient at some step is checked against the reference run over its own updates only
-(:func:`reference_own_steps`). Also: odd and zero sizes, state dicts (round trip, resumed run,
+each parameter's own count of updates (``state["step"]``, docs/hyperparameters.md), as in the
+reference, which a step without a gradient does not advance. Also: odd and zero sizes, state dicts (round trip, resumed run,
 refused formats), the seed, GradScaler, schedulers, the fused path's pass-through and DTensors.
 """
 
@@ -21,7 +20,7 @@ import torch
 
 import lion_core
 import lion_torch._functional as functional
-from lion_core.reference import Int8State, reference_lion_stored
+from lion_core.reference import Int8State
 from lion_torch import Lion
 from tests import cases
 from tests.cases import assert_exact
@@ -72,32 +71,6 @@ def run_format_case(path, case, problem, *, scheduler=None):
     return params, opt
 
 
-def reference_own_steps(case: cases.Case, problem: cases.Problem) -> cases.StoredResult:
-    """``reference_lion_stored`` where each parameter's random bits count its own updates.
-
-    Parameter ``i`` is run alone over the steps where it has a gradient (the others' gradients None,
-    so its position, the tensor index of its bits, is kept), with the learning rates of those steps.
-    Without a missing gradient this is ``cases.reference``.
-    """
-    spec = lion_core.state_spec(case.param_dtype, case.momentum_dtype,
-                                stochastic_rounding=case.rounding == "stochastic")
-    n = len(problem.init)
-    params, momenta, stored = [], [], []
-    for i in range(n):
-        steps = [t for t in range(problem.steps) if problem.grads[t][i] is not None]
-        rows = [[problem.grads[t][i] if j == i else None for j in range(n)] for t in steps]
-        result = reference_lion_stored(
-            problem.init, rows, spec=spec, param_dtype=case.param_dtype, seed=case.seed,
-            lr=[case.lr_at(t) for t in steps] or 0.0, beta1=case.beta1, beta2=case.beta2,
-            weight_decay=case.weight_decay, max_lr=case.reference_max_lr, cautious=case.cautious,
-            maximize=case.maximize,
-        )
-        params.append(result.params[i])
-        momenta.append(result.momentum[i])
-        stored.append(result.stored[i])
-    return cases.StoredResult(params, momenta, stored)
-
-
 def assert_matches(case, params, opt, expected, what=""):
     """Codes and scales (and a float momentum) bit for bit; parameters within their budget."""
     for i, p in enumerate(params):
@@ -132,7 +105,7 @@ def test_format_cases_match_the_reference(path, case):
 def test_a_missing_gradient_leaves_the_state_and_its_count_alone(path, case):
     problem = cases.problem(case, margin=True)  # parameter 3 has no gradient at step 3
     params, opt = run_format_case(path, case, problem)
-    assert_matches(case, params, opt, reference_own_steps(case, problem))
+    assert_matches(case, params, opt, cases.reference(case, problem))
     step, index = cases.MISSING
     assert opt.state[params[index]]["step"] == problem.steps - 1
     assert opt.state[params[0]]["step"] == problem.steps

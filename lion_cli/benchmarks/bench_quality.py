@@ -595,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="lion-quality", help="folder for the plots (default lion-quality)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run on a smaller model")
     parser.add_argument("--configs", default="1,2,3,4", help="which configurations to run (default: 1,2,3,4)")
+    parser.add_argument("--seed", type=int, default=Settings().seed,
+                        help="the seed of the split, the weights, the batches and the rounding (default 0)")
     args = parser.parse_args(argv)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
@@ -609,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _limit_threads(args.threads)
     os.environ.setdefault("KERAS_BACKEND", args.keras_backend)
     shape, settings = QUICK if args.quick else (Shape(), Settings())
-    settings = settings._replace(lr=args.lr, **({} if args.steps is None else {"steps": args.steps}))
+    settings = settings._replace(lr=args.lr, seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
     settings = settings._replace(eval_every=min(settings.eval_every, settings.steps))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -611,7 +611,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _limit_threads(args.threads)
     os.environ.setdefault("KERAS_BACKEND", args.keras_backend)
     shape, settings = QUICK if args.quick else (Shape(), Settings())
-    settings = settings._replace(lr=args.lr, seed=args.seed, **({} if args.steps is None else {"steps": args.steps}))
+    steps = {} if args.steps is None else {"steps": args.steps}
+    settings = settings._replace(lr=args.lr, seed=args.seed, **steps)
     settings = settings._replace(eval_every=min(settings.eval_every, settings.steps))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

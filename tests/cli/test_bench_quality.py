@@ -104,3 +104,10 @@ def test_unknown_framework_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "--frameworks: expected names from optax, torch, keras; received 'mxnet'" in error
+
+
+def test_unknown_configuration_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bq.main(["--configs", "1,5"])
+    assert exit_info.value.code == 2
+    assert "--configs: expected numbers from 1, 2, 3, 4; received '1,5'" in capsys.readouterr().err

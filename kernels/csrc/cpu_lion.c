@@ -350,33 +350,32 @@ static void parallel_chunks(chunk_fn fn, const void *ctx, int64_t chunks, int th
         int64_t *kept;                                                                                \
     };                                                                                                \
                                                                                                       \
-    static void count_chunk_##SUFFIX(const void *arg, int64_t c) {                                    \
-        const struct job_##SUFFIX *j = (const struct job_##SUFFIX *)arg;                              \
+    /* Chunk c: counts or (count_only == 0) updates each tensor's part; inlined, as constant. */      \
+    INLINE void walk_chunk_##SUFFIX(const struct job_##SUFFIX *j, int64_t c, const int count_only) {  \
         int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;          \
         for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {                             \
             int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;                            \
             if (end > lo) {                                                                           \
                 int64_t start = lo - j->offsets[t];                                                   \
-                int64_t k = count_##SUFFIX(j->gs[t] + start, j->ms[t] + start, end - lo, j->sc,       \
-                                           j->flags);                                                 \
-                ATOMIC_ADD(j->kept[t], k);                                                            \
+                if (count_only) {                                                                     \
+                    int64_t k = count_##SUFFIX(j->gs[t] + start, j->ms[t] + start, end - lo, j->sc,   \
+                                               j->flags);                                             \
+                    ATOMIC_ADD(j->kept[t], k);                                                        \
+                } else {                                                                              \
+                    segment_##SUFFIX(j->ps[t] + start, j->gs[t] + start, j->ms[t] + start, end - lo,  \
+                                     j->sc, j->flags, j->scale != NULL ? j->scale[t] : (CT)1);        \
+                }                                                                                     \
             }                                                                                         \
             lo = end;                                                                                 \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
+    static void count_chunk_##SUFFIX(const void *arg, int64_t c) {                                    \
+        walk_chunk_##SUFFIX((const struct job_##SUFFIX *)arg, c, 1);                                  \
+    }                                                                                                 \
+                                                                                                      \
     static void update_chunk_##SUFFIX(const void *arg, int64_t c) {                                   \
-        const struct job_##SUFFIX *j = (const struct job_##SUFFIX *)arg;                              \
-        int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;          \
-        for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {                             \
-            int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;                            \
-            if (end > lo) {                                                                           \
-                int64_t start = lo - j->offsets[t];                                                   \
-                segment_##SUFFIX(j->ps[t] + start, j->gs[t] + start, j->ms[t] + start, end - lo,      \
-                                 j->sc, j->flags, j->scale != NULL ? j->scale[t] : (CT)1);            \
-            }                                                                                         \
-            lo = end;                                                                                 \
-        }                                                                                             \
+        walk_chunk_##SUFFIX((const struct job_##SUFFIX *)arg, c, 0);                                  \
     }                                                                                                 \
                                                                                                       \
     static void kept_counts_##SUFFIX(int64_t n, const PT *const *gs, const MT *const *ms,             \

@@ -7,10 +7,9 @@ in float32, round once when stored" means).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
-
-import io
 
 import numpy as np
 import pytest

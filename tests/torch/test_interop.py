@@ -3,7 +3,6 @@ that load in both directions. lion_core.reference (the seeds' formula) judges bo
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

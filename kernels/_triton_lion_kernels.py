@@ -159,6 +159,44 @@ def _block(
         return 0
 
 
+@triton.jit
+def _tensor_scalars(
+    tensor, counts_ptr, lr_ptr, lr, decay, weight_decay, max_lr, grad_scale_ptr,
+    LR_ON_DEVICE: tl.constexpr, DECOUPLED: tl.constexpr, CAUTIOUS: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr, COUNT_ONLY: tl.constexpr,
+):
+    """The float32 ``(lr, decay, grad_scale, kept_fraction)`` that every block of tensor ``tensor``
+    uses (the kernels' arguments of the same names)."""
+    if LR_ON_DEVICE:
+        lr_value = tl.load(lr_ptr)
+        lr64 = lr_value.to(tl.float64)
+        # tl.full keeps the float64 hyperparameters exact in the interpreter too.
+        weight_decay64 = tl.full([], weight_decay, tl.float64)
+        if DECOUPLED:
+            decay64 = 1.0 - weight_decay64 * (lr64 / tl.full([], max_lr, tl.float64))
+        else:
+            decay64 = 1.0 - lr64 * weight_decay64
+        lr32 = lr_value.to(tl.float32)
+        decay32 = decay64.to(tl.float32)
+    else:
+        lr32 = lr
+        decay32 = decay
+    grad_scale = 1.0
+    if HAS_GRAD_SCALE:
+        grad_scale = tl.load(grad_scale_ptr).to(tl.float32)
+    kept_fraction = 1.0
+    if CAUTIOUS and not COUNT_ONLY:
+        # lion_core.cautious_mask divides by mean(mask) in float32, which NumPy computes as the
+        # float64 quotient of the (exact) count by n, rounded once; 1 where nothing is kept.
+        # counts[tensor] = (kept, element count) of the whole tensor: of every shard, when the
+        # launcher's caller all-reduced them (DTensor), else this tensor's own.
+        kept_total = tl.load(counts_ptr + 2 * tensor)
+        whole = tl.load(counts_ptr + 2 * tensor + 1)
+        fraction = (kept_total.to(tl.float64) / whole.to(tl.float64)).to(tl.float32)
+        kept_fraction = tl.where(kept_total > 0, fraction, 1.0)
+    return lr32, decay32, grad_scale, kept_fraction
+
+
 @triton.jit(do_not_specialize=["n_tensors", "n_chunks"])
 def lion_kernel(
     addresses_ptr,
@@ -217,33 +255,10 @@ def lion_kernel(
         g_ptr = tl.multiple_of(g_ptr, 16)
         m_ptr = tl.multiple_of(m_ptr, 16)
 
-    if LR_ON_DEVICE:
-        lr_value = tl.load(lr_ptr)
-        lr64 = lr_value.to(tl.float64)
-        # tl.full keeps the float64 hyperparameters exact in the interpreter too.
-        weight_decay64 = tl.full([], weight_decay, tl.float64)
-        if DECOUPLED:
-            decay64 = 1.0 - weight_decay64 * (lr64 / tl.full([], max_lr, tl.float64))
-        else:
-            decay64 = 1.0 - lr64 * weight_decay64
-        lr32 = lr_value.to(tl.float32)
-        decay32 = decay64.to(tl.float32)
-    else:
-        lr32 = lr
-        decay32 = decay
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr).to(tl.float32)
-    kept_fraction = 1.0
-    if CAUTIOUS and not COUNT_ONLY:
-        # lion_core.cautious_mask divides by mean(mask) in float32, which NumPy computes as the
-        # float64 quotient of the (exact) count by n, rounded once; 1 where nothing is kept.
-        # counts[tensor] = (kept, element count) of the whole tensor: of every shard, when the
-        # launcher's caller all-reduced them (DTensor), else this tensor's own.
-        kept_total = tl.load(counts_ptr + 2 * tensor)
-        whole = tl.load(counts_ptr + 2 * tensor + 1)
-        fraction = (kept_total.to(tl.float64) / whole.to(tl.float64)).to(tl.float32)
-        kept_fraction = tl.where(kept_total > 0, fraction, 1.0)
+    lr32, decay32, grad_scale, kept_fraction = _tensor_scalars(
+        tensor, counts_ptr, lr_ptr, lr, decay, weight_decay, max_lr, grad_scale_ptr, LR_ON_DEVICE, DECOUPLED,
+        CAUTIOUS, HAS_GRAD_SCALE, COUNT_ONLY,
+    )
 
     start = chunk * CHUNK  # int64: tensors may hold more than 2**31 elements
     length = tl.minimum(numel - start, CHUNK)
@@ -424,28 +439,10 @@ def lion_stored_kernel(
     momentum_key = (tl.load(keys_ptr + tensor) & 0xFFFFFFFF).to(tl.uint32)
     param_key = (tl.load(keys_ptr + n_tensors + tensor) & 0xFFFFFFFF).to(tl.uint32)
 
-    if LR_ON_DEVICE:
-        lr_value = tl.load(lr_ptr)
-        lr64 = lr_value.to(tl.float64)
-        weight_decay64 = tl.full([], weight_decay, tl.float64)
-        if DECOUPLED:
-            decay64 = 1.0 - weight_decay64 * (lr64 / tl.full([], max_lr, tl.float64))
-        else:
-            decay64 = 1.0 - lr64 * weight_decay64
-        lr32 = lr_value.to(tl.float32)
-        decay32 = decay64.to(tl.float32)
-    else:
-        lr32 = lr
-        decay32 = decay
-    grad_scale = 1.0
-    if HAS_GRAD_SCALE:
-        grad_scale = tl.load(grad_scale_ptr).to(tl.float32)
-    kept_fraction = 1.0
-    if CAUTIOUS and not COUNT_ONLY:
-        kept_total = tl.load(counts_ptr + 2 * tensor)
-        whole = tl.load(counts_ptr + 2 * tensor + 1)
-        fraction = (kept_total.to(tl.float64) / whole.to(tl.float64)).to(tl.float32)
-        kept_fraction = tl.where(kept_total > 0, fraction, 1.0)
+    lr32, decay32, grad_scale, kept_fraction = _tensor_scalars(
+        tensor, counts_ptr, lr_ptr, lr, decay, weight_decay, max_lr, grad_scale_ptr, LR_ON_DEVICE, DECOUPLED,
+        CAUTIOUS, HAS_GRAD_SCALE, COUNT_ONLY,
+    )
 
     start = chunk * CHUNK  # int64, a multiple of INT8_BLOCK
     length = tl.minimum(numel - start, CHUNK)

@@ -302,6 +302,51 @@ def _plan(scan: Scan, params: Sequence[torch.Tensor]) -> _Plan:
     )
 
 
+def _scalars_and_flags(
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    max_lr: float | None,
+    grad_scale: torch.Tensor | None,
+    cautious: bool,
+    maximize: bool,
+) -> tuple[array, int]:
+    """The C routines' ``scalars`` (beta1, 1 - beta1, beta2, 1 - beta2, lr, decay factor, grad scale)
+    and ``flags`` arguments."""
+    lr = float(lr)
+    beta1, beta2 = float(beta1), float(beta2)
+    # Python floats, as lion_core computes them: the kernel rounds each to its compute dtype, just as
+    # NumPy rounds a Python float that meets a float32 array.
+    scalars = array(
+        "d",
+        (
+            beta1,
+            1 - beta1,
+            beta2,
+            1 - beta2,
+            lr,
+            lion_core.decay_factor(lr, float(weight_decay), None if max_lr is None else float(max_lr)),
+            1.0 if grad_scale is None else float(grad_scale),
+        ),
+    )
+    flags = (_CAUTIOUS if cautious else 0) | (_MAXIMIZE if maximize else 0)
+    flags |= 0 if grad_scale is None else _UNSCALE
+    return scalars, flags
+
+
+def _counts_by_kind(
+    plan: _Plan | _StoredPlan, kept: dict[int, int], cautious_reduce: CautiousReduce | None
+) -> dict[int, array]:
+    """Per kind of ``plan.tables``, the (kept, element count) rows of its triples, made global by
+    ``cautious_reduce``, flattened as the C routines read them; ``kept``: position -> local count."""
+    local = torch.tensor([[kept[i], size] for i, size in zip(plan.updated, plan.numels)],
+                         dtype=torch.int64).reshape(len(plan.updated), 2)
+    rows = global_counts(cautious_reduce, local).tolist()
+    row_of = dict(zip(plan.updated, rows))
+    return {kind: array("q", [value for i in chosen for value in row_of[i]]) for kind, chosen, _ in plan.tables}
+
+
 def lion_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -408,24 +453,9 @@ def lion_(
             return list(range(n))
     plan = _plan(scan, params)
 
-    lr = float(lr)
-    beta1, beta2 = float(beta1), float(beta2)
-    # Python floats, as lion_core computes them: the kernel rounds each to its compute dtype, just as
-    # NumPy rounds a Python float that meets a float32 array.
-    scalars = array(
-        "d",
-        (
-            beta1,
-            1 - beta1,
-            beta2,
-            1 - beta2,
-            lr,
-            lion_core.decay_factor(lr, float(weight_decay), None if max_lr is None else float(max_lr)),
-            1.0 if grad_scale is None else float(grad_scale),
-        ),
+    scalars, flags = _scalars_and_flags(
+        lr, beta1, beta2, weight_decay, max_lr, grad_scale, cautious, maximize
     )
-    flags = (_CAUTIOUS if cautious else 0) | (_MAXIMIZE if maximize else 0)
-    flags |= 0 if grad_scale is None else _UNSCALE
     threads = torch.get_num_threads()
     scalars_address = scalars.buffer_info()[0]
 
@@ -437,12 +467,7 @@ def lion_(
             library.count(kind, len(chosen), table.buffer_info()[0], scalars_address, flags, _CHUNK,
                           threads, out.buffer_info()[0])
             kept.update(zip(chosen, out))
-        local = torch.tensor([[kept[i], size] for i, size in zip(plan.updated, plan.numels)],
-                             dtype=torch.int64).reshape(len(plan.updated), 2)
-        rows = global_counts(cautious_reduce, local).tolist()
-        row_of = dict(zip(plan.updated, rows))
-        for kind, chosen, _ in plan.tables:
-            counts[kind] = array("q", [value for i in chosen for value in row_of[i]])
+        counts = _counts_by_kind(plan, kept, cautious_reduce)
     for kind, chosen, table in plan.tables:
         status = library.lion(
             kind, len(chosen), table.buffer_info()[0], scalars_address, flags, _CHUNK, threads,
@@ -574,22 +599,9 @@ def _lion_stored(
     )
     plan = _stored_plans.get(key, lambda: _StoredPlan(tensors, kinds))
 
-    lr = float(lr)
-    beta1, beta2 = float(beta1), float(beta2)
-    scalars = array(
-        "d",
-        (
-            beta1,
-            1 - beta1,
-            beta2,
-            1 - beta2,
-            lr,
-            lion_core.decay_factor(lr, float(weight_decay), None if max_lr is None else float(max_lr)),
-            1.0 if grad_scale is None else float(grad_scale),
-        ),
+    scalars, flags = _scalars_and_flags(
+        lr, beta1, beta2, weight_decay, max_lr, grad_scale, cautious, maximize
     )
-    flags = (_CAUTIOUS if cautious else 0) | (_MAXIMIZE if maximize else 0)
-    flags |= 0 if grad_scale is None else _UNSCALE
     threads = torch.get_num_threads()
     scalars_address = scalars.buffer_info()[0]
     keys = {
@@ -609,12 +621,7 @@ def _lion_stored(
             if status != 0:
                 raise MemoryError(f"the fused CPU Lion kernel's count failed with status {status}")
             kept.update(zip(chosen, out))
-        local = torch.tensor([[kept[i], size] for i, size in zip(plan.updated, plan.numels)],
-                             dtype=torch.int64).reshape(len(plan.updated), 2)
-        rows = global_counts(cautious_reduce, local).tolist()
-        row_of = dict(zip(plan.updated, rows))
-        for kind, chosen, _ in plan.tables:
-            counts[kind] = array("q", [value for i in chosen for value in row_of[i]])
+        counts = _counts_by_kind(plan, kept, cautious_reduce)
     for kind, chosen, table in plan.tables:
         status = library.stored(
             kind, len(chosen), table.buffer_info()[0], keys[kind].buffer_info()[0], scalars_address, flags,

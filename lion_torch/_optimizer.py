@@ -521,9 +521,10 @@ class Lion(Optimizer):
             else:
                 self._init_group(group, params, grads, exp_avgs)
             offset += len(group["params"])
-            if formats is not None:
-                self._formatted_step(group, params, grads, exp_avgs, formats, grad_scale, found_inf)
-                continue
+            # With state formats: their scales and rounding keys, and the states whose ``step``
+            # counts the update unless GradScaler's ``found_inf`` skipped it (codes, scales and
+            # step unchanged).
+            scales, momentum_keys, param_keys, counted = formats or (None, None, None, [])
             beta1, beta2 = group["betas"]
             lion(
                 params,
@@ -540,45 +541,14 @@ class Lion(Optimizer):
                 maximize=group["maximize"],
                 grad_scale=grad_scale,
                 found_inf=found_inf,
+                scales=scales,
+                momentum_keys=momentum_keys,
+                param_keys=param_keys,
             )
+            if formats is not None and not _skip_step(found_inf):
+                for state in counted:
+                    state["step"] += 1
         return loss
-
-    @staticmethod
-    def _formatted_step(
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        formats: tuple[list[Tensor | None], list[int | None], list[int | None], list[dict[str, Any]]],
-        grad_scale: Tensor | None,
-        found_inf: Tensor | None,
-    ) -> None:
-        """``lion`` with the group's state formats; then each formatted state's ``step`` counts the
-        update, unless GradScaler's ``found_inf`` skipped it (codes, scales and step unchanged)."""
-        scales, momentum_keys, param_keys, counted = formats
-        beta1, beta2 = group["betas"]
-        lion(
-            params,
-            grads,
-            exp_avgs,
-            foreach=group["foreach"],
-            fused=group["fused"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            max_lr=group["max_lr"] if group["decouple_lr"] else None,
-            cautious=group["cautious"],
-            maximize=group["maximize"],
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-            scales=scales,
-            momentum_keys=momentum_keys,
-            param_keys=param_keys,
-        )
-        if not _skip_step(found_inf):
-            for state in counted:
-                state["step"] += 1
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict of this class, of ``lion_pytorch.Lion`` or of the paper's code.

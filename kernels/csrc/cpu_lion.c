@@ -85,20 +85,27 @@ enum { S_BETA1, S_ONE_MINUS_BETA1, S_BETA2, S_ONE_MINUS_BETA2, S_LR, S_DECAY, S_
 #define DISPATCH
 #endif
 
-/* bfloat16 is the top half of a float32: widening is exact. */
-INLINE float bf16_load(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
+/* A float32's bit pattern, and back (memcpy: the compiler emits a register move). */
+INLINE uint32_t f32_bits(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    return bits;
+}
+
+INLINE float f32_from_bits(uint32_t bits) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
 }
 
+/* bfloat16 is the top half of a float32: widening is exact. */
+INLINE float bf16_load(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
 /* Round to nearest, ties to even, as torch's c10::BFloat16 does; every NaN becomes the canonical
  * quiet NaN 0x7fc0 (as torch stores it; adding the rounding bias to a NaN could carry it into
  * infinity). The Triton kernel encodes NaN the same way. */
 INLINE uint16_t bf16_store(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
+    const uint32_t bits = f32_bits(f);
     uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
     return (bits & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0u : (uint16_t)rounded;
 }
@@ -343,33 +350,32 @@ static void parallel_chunks(chunk_fn fn, const void *ctx, int64_t chunks, int th
         int64_t *kept;                                                                                \
     };                                                                                                \
                                                                                                       \
-    static void count_chunk_##SUFFIX(const void *arg, int64_t c) {                                    \
-        const struct job_##SUFFIX *j = (const struct job_##SUFFIX *)arg;                              \
+    /* Chunk c: counts or (count_only == 0) updates each tensor's part; inlined, as constant. */      \
+    INLINE void walk_chunk_##SUFFIX(const struct job_##SUFFIX *j, int64_t c, const int count_only) {  \
         int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;          \
         for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {                             \
             int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;                            \
             if (end > lo) {                                                                           \
                 int64_t start = lo - j->offsets[t];                                                   \
-                int64_t k = count_##SUFFIX(j->gs[t] + start, j->ms[t] + start, end - lo, j->sc,       \
-                                           j->flags);                                                 \
-                ATOMIC_ADD(j->kept[t], k);                                                            \
+                if (count_only) {                                                                     \
+                    int64_t k = count_##SUFFIX(j->gs[t] + start, j->ms[t] + start, end - lo, j->sc,   \
+                                               j->flags);                                             \
+                    ATOMIC_ADD(j->kept[t], k);                                                        \
+                } else {                                                                              \
+                    segment_##SUFFIX(j->ps[t] + start, j->gs[t] + start, j->ms[t] + start, end - lo,  \
+                                     j->sc, j->flags, j->scale != NULL ? j->scale[t] : (CT)1);        \
+                }                                                                                     \
             }                                                                                         \
             lo = end;                                                                                 \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
+    static void count_chunk_##SUFFIX(const void *arg, int64_t c) {                                    \
+        walk_chunk_##SUFFIX((const struct job_##SUFFIX *)arg, c, 1);                                  \
+    }                                                                                                 \
+                                                                                                      \
     static void update_chunk_##SUFFIX(const void *arg, int64_t c) {                                   \
-        const struct job_##SUFFIX *j = (const struct job_##SUFFIX *)arg;                              \
-        int64_t lo = c * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;          \
-        for (int64_t t = tensor_of(j->offsets, j->n, lo); lo < hi; ++t) {                             \
-            int64_t end = j->offsets[t + 1] < hi ? j->offsets[t + 1] : hi;                            \
-            if (end > lo) {                                                                           \
-                int64_t start = lo - j->offsets[t];                                                   \
-                segment_##SUFFIX(j->ps[t] + start, j->gs[t] + start, j->ms[t] + start, end - lo,      \
-                                 j->sc, j->flags, j->scale != NULL ? j->scale[t] : (CT)1);            \
-            }                                                                                         \
-            lo = end;                                                                                 \
-        }                                                                                             \
+        walk_chunk_##SUFFIX((const struct job_##SUFFIX *)arg, c, 0);                                  \
     }                                                                                                 \
                                                                                                       \
     static void kept_counts_##SUFFIX(int64_t n, const PT *const *gs, const MT *const *ms,             \
@@ -513,24 +519,13 @@ INLINE uint32_t element_bits(uint32_t key, uint32_t index) { return mix32(mix32(
 /* lion_core.stochastic_round_bfloat16_bits: add the top 16 random bits to the 16 dropped bits and
  * truncate (unbiased); NaN stays NaN with its sign and high payload, made quiet. */
 INLINE uint16_t bf16_store_stochastic(float f, uint32_t random) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
+    const uint32_t bits = f32_bits(f);
     uint32_t rounded = (bits + (random >> 16)) >> 16;
     uint32_t nan = (bits | 0x00400000u) >> 16;
     return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
-INLINE float f32_from_bits(uint32_t bits) {
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-INLINE uint32_t abs_bits(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    return bits & 0x7fffffffu;
-}
+INLINE uint32_t abs_bits(float f) { return f32_bits(f) & 0x7fffffffu; }
 
 /* The codes of one block: clip(floor(y) + (u < y - floor(y)), -127, 127) for y = m' * inverse, NaN
  * -> 0 (lion_core.BlockwiseInt8.encode), with integer masks rather than conditionals (GCC keeps a
@@ -542,8 +537,7 @@ INLINE void encode_codes(const float *restrict fresh, int8_t *restrict m8, int32
     for (int32_t i = 0; i < count; ++i) {
         float y = fresh[i] * inverse;
         if (!bounded) {
-            uint32_t bits;
-            memcpy(&bits, &y, sizeof bits);
+            uint32_t bits = f32_bits(y);
             const uint32_t magnitude = bits & 0x7fffffffu;
             const uint32_t outside = -(uint32_t)(magnitude > 0x43000000u); /* |y| > 128, inf, NaN */
             const uint32_t nan = -(uint32_t)(magnitude > 0x7f800000u);

@@ -7,6 +7,7 @@ in float32, round once when stored" means).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ def tensor(x: Any, dtype: torch.dtype, requires_grad: bool = False) -> torch.Ten
 
 def options(case: cases.Case, path: str) -> dict[str, Any]:
     """The case as ``lion_torch.Lion`` arguments on ``path`` (the momentum dtype always named)."""
+    momentum = case.momentum_dtype
     return dict(
         lr=case.lr,
         betas=(case.beta1, case.beta2),
@@ -62,9 +64,25 @@ def options(case: cases.Case, path: str) -> dict[str, Any]:
         decouple_lr=case.decouple_lr,
         max_lr=case.max_lr,
         maximize=case.maximize,
-        momentum_dtype=DTYPES[case.momentum_dtype],
+        momentum_dtype="int8" if momentum == "int8" else DTYPES[momentum],
         **FLAGS[path],
     )
+
+
+def through_disk(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` saved with ``torch.save`` and loaded back (``weights_only``)."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def train(params: list[torch.Tensor], opt: torch.optim.Optimizer, grads: Any) -> None:
+    """One ``opt.step()`` per entry of ``grads`` (arrays, one per parameter; ``None``: no gradient)."""
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = None if g is None else tensor(g, p.dtype)
+        opt.step()
 
 
 def run_case(path: str, case: cases.Case, problem: cases.Problem) -> tuple[list[torch.Tensor], Lion]:

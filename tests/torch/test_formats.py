@@ -10,7 +10,6 @@ refused formats), the seed, GradScaler, schedulers, the fused path's pass-throug
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 import warnings
 
@@ -25,7 +24,7 @@ from lion_torch import Lion
 from tests import cases
 from tests.cases import assert_exact
 
-from .helpers import DTYPES, FLAGS, PATHS, tensor
+from .helpers import DTYPES, FLAGS, PATHS, options, tensor, through_disk, train
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning"),
@@ -38,21 +37,8 @@ SHAPES = (*cases.SHAPES, (255,), (257,), (16, 16))
 
 
 def format_options(case: cases.Case, path: str) -> dict[str, object]:
-    """The case as ``lion_torch.Lion`` arguments on ``path``."""
-    momentum = case.momentum_dtype
-    return dict(
-        lr=case.lr,
-        betas=(case.beta1, case.beta2),
-        weight_decay=case.weight_decay,
-        cautious=case.cautious,
-        decouple_lr=case.decouple_lr,
-        max_lr=case.max_lr,
-        maximize=case.maximize,
-        momentum_dtype="int8" if momentum == "int8" else DTYPES[momentum],
-        stochastic_rounding=case.rounding == "stochastic",
-        seed=case.seed,
-        **FLAGS[path],
-    )
+    """The case as ``lion_torch.Lion`` arguments on ``path``, with its state formats."""
+    return dict(options(case, path), stochastic_rounding=case.rounding == "stochastic", seed=case.seed)
 
 
 def run_format_case(path, case, problem, *, scheduler=None):
@@ -277,20 +263,6 @@ def test_int8_momentum_of_complex_parameters_is_refused():
 # --- state dicts -----------------------------------------------------------------------------------
 
 
-def _through_disk(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
-def _steps(params, opt, grads):
-    for step_grads in grads:
-        for p, g in zip(params, step_grads):
-            p.grad = None if g is None else tensor(g, p.dtype)
-        opt.step()
-
-
 @pytest.mark.parametrize("case", cases.FORMAT_CASES, ids=cases.case_id)
 @pytest.mark.parametrize("path", PATHS)
 def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(path, case):
@@ -305,20 +277,20 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(path, case):
     torch.manual_seed(0)
     whole_params = fresh()
     whole = Lion(whole_params, **options)
-    _steps(whole_params, whole, problem.grads)
+    train(whole_params, whole, problem.grads)
 
     torch.manual_seed(0)
     first_params = fresh()
     first = Lion(first_params, **options)
-    _steps(first_params, first, problem.grads[:4])
-    saved = _through_disk(first.state_dict())
+    train(first_params, first, problem.grads[:4])
+    saved = through_disk(first.state_dict())
     torch.manual_seed(1234)  # another seed would be drawn: the saved one must win
     resumed_params = [p.detach().clone().requires_grad_(True) for p in first_params]
     resumed = Lion(resumed_params, **options)
     assert resumed.param_groups[0]["seed"] != saved["param_groups"][0]["seed"]
     resumed.load_state_dict(saved)
     assert resumed.param_groups[0]["seed"] == whole.param_groups[0]["seed"]
-    _steps(resumed_params, resumed, problem.grads[4:])
+    train(resumed_params, resumed, problem.grads[4:])
 
     for i, (p, q) in enumerate(zip(resumed_params, whole_params)):
         assert_exact(p, q, what=f"param {i}")
@@ -336,7 +308,7 @@ def test_state_dict_round_trip_keeps_codes_scales_step_and_seed():
     opt = Lion([p], momentum_dtype="int8", seed=11, weight_decay=0.1)
     p.grad = torch.randn(513)
     opt.step()
-    saved = _through_disk(opt.state_dict())
+    saved = through_disk(opt.state_dict())
     state = saved["state"][0]
     assert sorted(state) == ["exp_avg", "exp_avg_scales", "step"]
     assert state["exp_avg"].dtype == torch.int8 and state["exp_avg_scales"].dtype == torch.float32
@@ -362,7 +334,7 @@ def _trained(momentum_dtype, **options):
 
 
 def test_an_int8_state_is_refused_by_a_float_momentum_optimizer():
-    saved = _through_disk(_trained("int8", seed=0).state_dict())
+    saved = through_disk(_trained("int8", seed=0).state_dict())
     opt = Lion([torch.zeros(7, requires_grad=True)])
     expected = (
         "Invalid `state_dict['param_groups'][0]['momentum_dtype']`: expected a floating-point momentum "
@@ -375,7 +347,7 @@ def test_an_int8_state_is_refused_by_a_float_momentum_optimizer():
 
 
 def test_a_float_state_is_refused_by_an_int8_optimizer():
-    saved = _through_disk(_trained(None).state_dict())
+    saved = through_disk(_trained(None).state_dict())
     opt = Lion([torch.zeros(7, requires_grad=True)], momentum_dtype="int8", seed=0)
     with pytest.raises(TypeError, match=re.escape(
         "Invalid `state_dict['param_groups'][0]['momentum_dtype']`: expected momentum_dtype='int8', the "
@@ -405,7 +377,7 @@ def test_changing_a_groups_momentum_format_after_its_state_exists_is_refused():
 
 
 def test_a_damaged_int8_state_is_refused():
-    saved = _through_disk(_trained("int8", seed=0).state_dict())
+    saved = through_disk(_trained("int8", seed=0).state_dict())
     saved["state"][0]["exp_avg_scales"] = saved["state"][0]["exp_avg_scales"].double()
     opt = Lion([torch.zeros(7, requires_grad=True)], momentum_dtype="int8", seed=0)
     with pytest.raises(ValueError, match=re.escape(

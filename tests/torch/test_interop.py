@@ -3,8 +3,6 @@ that load in both directions. lion_core.reference (the seeds' formula) judges bo
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from lion_core.reference import reference_lion
 from lion_torch import Lion
 from tests.support import assert_close, assert_exact
 
-from .helpers import EPS64, FLAGS, PATHS, assert_momentum, momenta, tensor
+from .helpers import EPS64, FLAGS, PATHS, assert_momentum, momenta, tensor, through_disk
 
 THEIRS = {"loop": TheirLion, "foreach": TheirForeachLion}
 SHAPES = [(6, 4), (11,), ()]
@@ -78,13 +76,6 @@ def test_decoupled_weight_decay_matches_lion_pytorch_for_one_group():
         assert_close(p, q, rtol=8 * EPS64, atol=0, what=f"param {i}")
 
 
-def _through_disk(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 @pytest.mark.parametrize("path", PATHS)
 def test_lion_pytorch_checkpoint_continues_in_ours(path):
     init, grads = _problem(seed=3, steps=8)
@@ -93,7 +84,7 @@ def test_lion_pytorch_checkpoint_continues_in_ours(path):
     _run(their_opt, theirs, grads[:4])
     ours = [p.detach().clone().requires_grad_(True) for p in theirs]
     opt = Lion(ours, **FLAGS[path])
-    opt.load_state_dict(_through_disk(their_opt.state_dict()))
+    opt.load_state_dict(through_disk(their_opt.state_dict()))
     assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["weight_decay"] == 0.2
     _run(opt, ours, grads[4:])
     _run(their_opt, theirs, grads[4:])
@@ -113,7 +104,7 @@ def test_our_checkpoint_continues_in_lion_pytorch(path):
     _run(opt, ours, grads[:4])
     theirs = [p.detach().clone().requires_grad_(True) for p in ours]
     their_opt = TheirLion(theirs)
-    their_opt.load_state_dict(_through_disk(opt.state_dict()))
+    their_opt.load_state_dict(through_disk(opt.state_dict()))
     _run(opt, ours, grads[4:])
     _run(their_opt, theirs, grads[4:])
     ref = reference_lion(init, grads, lr=0.01, weight_decay=0.2)

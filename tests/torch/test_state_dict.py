@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import pickle
 import re
 
@@ -14,21 +13,7 @@ import torch
 from lion_torch import Lion
 from tests.support import assert_exact
 
-from .helpers import FLAGS, PATHS, momenta, tensor
-
-
-def _through_disk(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
-def _train(params, opt, grads):
-    for step_grads in grads:
-        for p, g in zip(params, step_grads):
-            p.grad = tensor(g, p.dtype)
-        opt.step()
+from .helpers import FLAGS, PATHS, momenta, tensor, through_disk, train
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
@@ -41,16 +26,16 @@ def test_round_trip_mid_training_continues_bit_identically(path, dtype):
     params = [tensor(rng.standard_normal(s), dtype, True) for s in shapes]
     copies = [p.detach().clone().requires_grad_(True) for p in params]
     opt = Lion(params, **options)
-    _train(params, opt, grads)
+    train(params, opt, grads)
 
     # Reload into a fresh optimizer on copies of the parameters taken after 3 steps.
     reference = Lion(copies, **options)
-    _train(copies, reference, grads[:3])
+    train(copies, reference, grads[:3])
     restored_params = [p.detach().clone().requires_grad_(True) for p in copies]
     restored = Lion(restored_params, lr=0.5, **FLAGS[path])  # the checkpoint's options win
-    restored.load_state_dict(_through_disk(reference.state_dict()))
+    restored.load_state_dict(through_disk(reference.state_dict()))
     assert restored.param_groups[0]["lr"] == 0.01 and restored.param_groups[0]["cautious"]
-    _train(restored_params, restored, grads[3:])
+    train(restored_params, restored, grads[3:])
     for p, q in zip(restored_params, params):
         assert_exact(q, p, what="params")
     for m, n in zip(momenta(restored, restored_params), momenta(opt, params)):

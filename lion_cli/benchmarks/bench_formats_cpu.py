@@ -29,18 +29,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from lion_kernels import cpu_lion
 
+from lion_cli.benchmarks.bench_torch_cpu import cpu_model, load_average, time_in_rounds
 from lion_core import INT8, MOMENTUM_STREAM, PARAM_STREAM, derive_seed, step_key
 
 LR, BETA1, BETA2, WEIGHT_DECAY = 1e-4, 0.9, 0.99, 0.1
@@ -91,43 +89,6 @@ class _Row:
         self.steps += 1
 
 
-def _time(steps: list[Callable[[], Any]], warmup: int, repeats: int) -> list[list[float]]:
-    """Median-ready samples; the rows take turns, one step each per round."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    times: list[list[float]] = [[] for _ in steps]
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            for step, samples in zip(steps, times):
-                start = time.perf_counter()
-                step()
-                samples.append(time.perf_counter() - start)
-    finally:
-        gc.enable()
-    return times
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -146,10 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"the CPU kernel is unavailable: {reason}")
 
     print(f"# {' '.join(['python', *sys.argv])}")
-    print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {_cpu_model()}, "
+    print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {cpu_model()}, "
           f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"python {platform.python_version()}")
-    print(f"# load average before: {_load()} (other processes on the machine slow every row)")
+    print(f"# load average before: {load_average()} (other processes on the machine slow every row)")
     print("| case | row | bytes/param | ms/step (median) | min ms | ns/param | GB/s | x float32 step "
           "| goal |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
@@ -158,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{name}: {size / 1e6:g}M in {COUNT}"
         rows = [_Row(name, size, COUNT) for name in ROWS]
         # The in-cache steps are short: more of them, for a stable median.
-        times = _time([row.step for row in rows], args.warmup, args.repeats * (1 if case == 0 else 5))
+        times = time_in_rounds([row.step for row in rows], args.warmup, args.repeats * (1 if case == 0 else 5))
         medians = [statistics.median(samples) * 1e3 for samples in times]
         for name, samples, median in zip(ROWS, times, medians):
             ratio = median / medians[0]
@@ -168,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {label} | {name} | {BYTES[name]:.2f} | {median:.2f} | {min(samples) * 1e3:.2f} | "
                   f"{median / size * 1e6:.2f} | {gbs:.1f} | {ratio:.2f} | {verdict} |", flush=True)
         del rows
-    print(f"load average after: {_load()}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

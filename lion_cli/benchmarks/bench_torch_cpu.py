@@ -141,20 +141,7 @@ def _run_case(name: str, total: int, count: int, args: argparse.Namespace) -> li
             steps.append(factory(params).step)
     rows.append({"case": name, "group": "roofline", "name": "roofline: x.add_(y), 20 B/param"})
     steps.append(_roofline(total))
-    for step in steps:
-        for _ in range(args.warmup):
-            step()
-    times: list[list[float]] = [[] for _ in steps]
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(args.repeats):
-            for step, samples in zip(steps, times):
-                start = time.perf_counter()
-                step()
-                samples.append(time.perf_counter() - start)
-    finally:
-        gc.enable()
+    times = time_in_rounds(steps, args.warmup, args.repeats)
     for row, samples in zip(rows, times):
         row["ms"] = statistics.median(samples) * 1e3
         row["min_ms"] = min(samples) * 1e3
@@ -201,7 +188,27 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _cpu_model() -> str:
+def time_in_rounds(steps: list[Callable[[], Any]], warmup: int, repeats: int) -> list[list[float]]:
+    """Each step's timed samples (seconds): ``warmup`` untimed calls each, then ``repeats`` rounds in
+    which the steps take turns, one call each, so load from other processes spreads over all rows."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times: list[list[float]] = [[] for _ in steps]
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for step, samples in zip(steps, times):
+                start = time.perf_counter()
+                step()
+                samples.append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return times
+
+
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
@@ -212,7 +219,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _load() -> str:
+def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -250,10 +257,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     print(f"# {' '.join(['python', *sys.argv])}")
-    print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {_cpu_model()}, "
+    print(f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, CPU: {cpu_model()}, "
           f"{torch.get_num_threads()} torch threads, python {platform.python_version()}")
     print(f"# {_versions()}; cpu_lion kernel: {cpu_lion.unavailable_reason() or 'available'}")
-    print(f"# load average before: {_load()} (other processes on the machine slow every row)")
+    print(f"# load average before: {load_average()} (other processes on the machine slow every row)")
     rows = []
     for case in args.cases.split(","):
         total, count = CASES[case]
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for line in _verdict(rows):
         print(line)
-    print(f"load average after: {_load()}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -349,7 +349,7 @@ def overlapping_spans(spans: Sequence[tuple[int, int, int, bool]]) -> list[int]:
 
     ``spans``: ``(start, stop, triple, written)`` per tensor (a state format's extra buffers, such as
     an int8 momentum's scales, included). A cluster of overlapping tensors that holds a written one
-    returns all its triples, as :func:`overlapping` does.
+    returns all its triples; :func:`overlapping` is this for plain (param, grad, momentum) triples.
     """
     ordered = sorted(span for span in spans if span[1] > span[0])
     found: set[int] = set()
@@ -375,26 +375,10 @@ def overlapping(pointers: Sequence[int], nbytes: Sequence[int], n: int) -> list[
     share memory. Every member of a chain of overlaps is returned. Sorting makes this O(n log n);
     callers cache the answer with their address tables.
     """
-    spans = sorted(
-        (pointers[k], pointers[k] + nbytes[k], k) for k in range(3 * n) if nbytes[k] > 0
+    # Parameters (k < n) and momenta (k >= 2 n) are written; gradients are only read.
+    return overlapping_spans(
+        [(pointers[k], pointers[k] + nbytes[k], k % n, k < n or k >= 2 * n) for k in range(3 * n)]
     )
-    found: set[int] = set()
-    cluster: list[int] = []
-    end = -1
-    for start, stop, k in [*spans, (float("inf"), float("inf"), -1)]:
-        if start >= end:  # the cluster so far overlaps nothing that follows
-            if len(cluster) > 1 and _conflict(cluster, n):
-                found.update(k2 % n for k2 in cluster)
-            cluster, end = [], -1
-        if k >= 0:
-            cluster.append(k)
-            end = max(end, stop)
-    return sorted(found)
-
-
-def _conflict(cluster: list[int], n: int) -> bool:
-    """Whether overlapping tensors include a written one (a parameter or momentum)."""
-    return any(k < n or k >= 2 * n for k in cluster)
 
 
 class TableCache:

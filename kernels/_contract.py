@@ -143,6 +143,7 @@ PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 _dtype = operator.attrgetter("dtype")
 _shape = operator.attrgetter("shape")
 _data_ptr = torch.Tensor.data_ptr
+_device_type = operator.attrgetter("device.type")
 
 
 def triple_code(param_dtype: torch.dtype, grad_dtype: torch.dtype, momentum_dtype: torch.dtype) -> int | None:
@@ -196,23 +197,88 @@ class Scan(NamedTuple):
     pointers: tuple[int, ...]
     #: What identifies everything a kernel derives from these tensors (address tables, the aliasing
     #: check): the pointers, the parameters' shapes (equal to the gradients' and momenta's) and the
-    #: dtype codes (one int when the whole call has one dtype triple). Contiguity, the negation bit,
-    #: the tensor types and the devices are checked on every call, not keyed: a tensor can change
-    #: any of them, and its dtype or shape, while keeping its address (``p.data = p.data.t()``,
-    #: ``p.data = p.data.view(torch.bfloat16)``, ``p.data = p.data[:4]``, ``p.unsqueeze_(0)``).
-    key: tuple[Any, ...]
-    #: ``(*params, *grads, *momenta)``, for the kernel's own device check.
+    #: dtype codes, as a :class:`ScanKey`. Contiguity, the negation bit, the tensor types and the
+    #: devices are checked on every call (by a full scan, or by the guard recorded with one), not
+    #: keyed: a tensor can change any of them, and its dtype or shape, while keeping its address
+    #: (``p.data = p.data.t()``, ``p.data = p.data.view(torch.bfloat16)``, ``p.data = p.data[:4]``,
+    #: ``p.unsqueeze_(0)``).
+    key: ScanKey
+    #: ``(*params, *grads, *momenta)``.
     tensors: tuple[Any, ...]
+    #: The device types of ``tensors`` (``{"cpu"}`` for a call of CPU tensors).
+    device_types: frozenset[str]
+
+
+class ScanKey:
+    """A :class:`Scan`'s key: a tuple (pointers, shapes, dtype codes) that hashes once.
+
+    The tuple of a call of 400 triples holds 1600 items and takes tens of microseconds to hash;
+    Python does not cache a tuple's hash, and a call of the same tensors returns the same key object,
+    so a kernel's caches find it by identity and one stored hash.
+    """
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: tuple[Any, ...]) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return isinstance(other, ScanKey) and self._hash == other._hash and self.value == other.value
+
+
+try:
+    # The C++ check torch.compile runs on the tensors of every compiled call: exact Python type,
+    # dtype, device, dispatch keys (the negation and conjugation bits among them), requires_grad,
+    # sizes and strides, about 60 ns a tensor. A private torch API: without it (another torch, or a
+    # constructor that refuses our arguments), every call is scanned in full.
+    from torch._C._dynamo.guards import TensorGuards as _TensorGuards
+except ImportError:  # pragma: no cover - torch builds without dynamo
+    _TensorGuards = None
+
+
+def _guard(tensors: tuple[Any, ...]) -> Any:
+    """A ``TensorGuards`` over ``tensors`` as they are now, or ``None`` where there is none."""
+    global _TensorGuards
+    if _TensorGuards is None:
+        return None
+    sizes = [list(t.shape) for t in tensors]
+    strides = [list(t.stride()) for t in tensors]
+    try:
+        return _TensorGuards(*tensors, dynamic_dims_sizes=sizes, dynamic_dims_strides=strides)
+    except (TypeError, RuntimeError, SystemError):  # pragma: no cover - another torch's signature
+        _TensorGuards = None
+        return None
+
+
+class _Recorded(NamedTuple):
+    """A scan, kept for the next call of tensors at the same addresses, with the guard that says
+    whether their metadata is still what the scan saw."""
+
+    scan: Scan
+    guard: Any
 
 
 def bulk_plain(
     params: Sequence[Any], grads: Sequence[Any], momenta: Sequence[Any], codes: frozenset[int]
 ) -> Scan | None:
     """For the usual call, every triple plain, contiguous and supported: their dtype triple codes, data
-    pointers and cache key, found with one C-level ``map`` per attribute (a Python loop per tensor
-    would cost more than the update of hundreds of small tensors; each ``map`` over 1200 tensors
-    costs 30 - 130 us, so there is one per attribute, each attribute read once). ``None`` when some
-    triple is not like that: the caller then asks ``supports`` for each triple."""
+    pointers and cache key. ``None`` when some triple is not like that: the caller then asks
+    ``supports`` for each triple.
+
+    Cost: a call of 1200 tensors must not spend more on its checks than the kernel spends on their
+    data. Reading one attribute of 1200 tensors costs 30 - 130 us (one C-level ``map`` each), and the
+    full scan reads seven. So a call reads two (the types, the data pointers) and looks its pointers
+    up among the scans of recent calls; a scan found there is reused when a C++ guard recorded with
+    it (``TensorGuards``, the check of ``torch.compile``) finds every tensor's type, dtype, device,
+    dispatch keys, sizes and strides unchanged, else the call is scanned again. A tensor changed in
+    place (``p.data = ...``, ``set_``, ``resize_``, ``as_strided_``) changes its data pointer or
+    fails the guard."""
     everything = (*params, *grads, *momenta)
     if not set(map(type, everything)) <= PLAIN_TYPES:
         return None
@@ -220,6 +286,29 @@ def bulk_plain(
         # Only a strided tensor with storage has a data pointer: ``data_ptr`` raises for every other
         # layout (sparse COO/CSR/CSC/BSR/BSC, mkldnn), which is this path's layout check.
         pointers = tuple(map(_data_ptr, everything))
+    except RuntimeError:
+        return None
+    recorded = _recorded.find(pointers)
+    if recorded is not None and recorded.guard.check(*everything):
+        return recorded.scan._replace(tensors=everything)
+    scan = _scan(params, grads, momenta, codes, pointers, everything)
+    if scan is not None:
+        guard = _guard(everything)
+        if guard is not None:
+            _recorded.put(pointers, _Recorded(scan._replace(tensors=()), guard))
+    return scan
+
+
+def _scan(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    momenta: Sequence[Any],
+    codes: frozenset[int],
+    pointers: tuple[int, ...],
+    everything: tuple[Any, ...],
+) -> Scan | None:
+    """:func:`bulk_plain`'s full scan: one C-level ``map`` per attribute, each attribute read once."""
+    try:
         shapes = tuple(map(_shape, params))
         if tuple(map(_shape, grads)) != shapes or tuple(map(_shape, momenta)) != shapes:
             return None
@@ -231,17 +320,19 @@ def bulk_plain(
             return None
     except RuntimeError:
         return None
+    device_types = frozenset(map(_device_type, everything))
     found = tuple(set(map(_dtype, tensors)) for tensors in (params, grads, momenta))
     if all(len(dtypes) == 1 for dtypes in found):  # one dtype triple for the whole group
         code = triple_code(*(dtypes.pop() for dtypes in found))
         if code is None or code not in codes:
             return None
-        return Scan([code] * len(params), pointers, (pointers, shapes, code), everything)
+        key = ScanKey((pointers, shapes, code))
+        return Scan([code] * len(params), pointers, key, everything, device_types)
     per_triple = list(map(triple_code, map(_dtype, params), map(_dtype, grads), map(_dtype, momenta)))
     if not set(per_triple) <= codes:
         return None
-    key = (pointers, shapes, tuple(per_triple))
-    return Scan(per_triple, pointers, key, everything)  # type: ignore[arg-type]
+    key = ScanKey((pointers, shapes, tuple(per_triple)))
+    return Scan(per_triple, pointers, key, everything, device_types)  # type: ignore[arg-type]
 
 
 class Formats(NamedTuple):
@@ -418,6 +509,23 @@ class TableCache:
                 self._pinned.add(key)
             return entry
 
+    def find(self, key: Hashable) -> Any:
+        """The entry of ``key``, or ``None``."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry is not self._recent:
+                self._entries.move_to_end(key)
+                self._recent = entry
+            return entry
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Stores ``value`` as the entry of ``key``, replacing the one it had."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            self._recent = value
+            self._evict()
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
@@ -436,6 +544,10 @@ class TableCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+#: Scans of recent calls (:func:`bulk_plain`), by their tensors' data pointers.
+_recorded = TableCache(64)
 
 
 def global_counts(hook: CautiousReduce | None, local: torch.Tensor) -> torch.Tensor:

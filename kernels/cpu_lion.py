@@ -76,7 +76,6 @@ import hashlib
 import importlib
 import importlib.util
 import itertools
-import operator
 import threading
 from array import array
 from collections.abc import Sequence
@@ -290,7 +289,7 @@ class _Plan:
 
 
 _plans = TableCache(_CACHE_SIZE)
-_is_cpu = operator.attrgetter("is_cpu")
+_CPU = frozenset({"cpu"})
 
 
 def _plan(scan: Scan, params: Sequence[torch.Tensor]) -> _Plan:
@@ -438,7 +437,7 @@ def lion_(
         )
     scan = bulk_plain(params, grads, momenta, _CODES)
     refused: list[int] = []
-    if scan is not None and all(map(_is_cpu, scan.tensors)):
+    if scan is not None and scan.device_types == _CPU:
         positions = None
     else:
         positions = [i for i in range(n) if supports(params[i], grads[i], momenta[i])]

@@ -214,21 +214,46 @@ SAME_ADDRESS_CHANGES = {
 }
 
 
+#: Changes made in place to the parameter alone (its gradient and momentum keep their shape).
+IN_PLACE_CHANGES = {
+    "unsqueezed": lambda t: t.unsqueeze_(0),
+    "resized": lambda t: t.resize_(4),  # fewer elements, same storage
+    "restrided": lambda t: t.as_strided_((2, 4), (1, 2)),
+    "set": lambda t: t.set_(t.untyped_storage(), 0, (2, 2), (2, 1)),
+}
+
+
+@pytest.fixture(params=["guarded", "unguarded"])
+def scan_guard(request, monkeypatch):
+    """``bulk_plain`` with its C++ guard (torch's ``TensorGuards``), and as it runs on a torch
+    without one: every call scanned in full. Either way the recorded scans start empty."""
+    from lion_kernels import _contract
+
+    if request.param == "unguarded":
+        monkeypatch.setattr(_contract, "_TensorGuards", None)
+    _contract._recorded.clear()
+    yield request.param
+    _contract._recorded.clear()
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("change", [*SAME_ADDRESS_CHANGES, "one_unsqueezed"])
-def test_a_tensor_changed_at_the_same_address_is_planned_again(kernel, change):
-    """Plans are cached on addresses: a tensor whose dtype, size, strides or negation bit changed
-    in place (``p.data = ...``, ``p.unsqueeze_(0)``) must be checked and planned again, exactly as
-    fresh tensors with the same values and layout are (same hand-back, bit-identical writes)."""
+@pytest.mark.parametrize("change", [*SAME_ADDRESS_CHANGES, *(f"one_{name}" for name in IN_PLACE_CHANGES)])
+def test_a_tensor_changed_at_the_same_address_is_planned_again(kernel, change, scan_guard):
+    """Plans and scans are cached on addresses: a tensor whose dtype, size, strides or negation bit
+    changed in place (``p.data = ...``, ``p.unsqueeze_(0)``, ``resize_``, ``as_strided_``, ``set_``)
+    must be checked and planned again, exactly as fresh tensors with the same values and layout are
+    (same hand-back, bit-identical writes)."""
     gen = torch.Generator().manual_seed(5)
     bases = [torch.randn(8, generator=gen) for _ in range(3)]  # param, grad, momentum
     tensors = [b.view(8) for b in bases]
     assert kernel.lion_(*([t] for t in tensors), **HYPER) == []  # plans these addresses
+    assert kernel.lion_(*([t] for t in tensors), **HYPER) == []  # and finds them again
     copies = [b.clone() for b in bases]  # the same values at other addresses
     addresses = [t.data_ptr() for t in tensors]
-    if change == "one_unsqueezed":
-        tensors[0].unsqueeze_(0)  # the parameter's shape no longer equals the gradient's
-        fresh = [copies[0].unsqueeze(0), copies[1], copies[2]]
+    if change.startswith("one_"):
+        change_in_place = IN_PLACE_CHANGES[change[len("one_"):]]
+        change_in_place(tensors[0])  # the parameter's shape no longer equals the gradient's
+        fresh = [change_in_place(copies[0].view(8)), copies[1], copies[2]]
     else:
         for t in tensors:
             t.data = SAME_ADDRESS_CHANGES[change](t.data)
@@ -236,10 +261,60 @@ def test_a_tensor_changed_at_the_same_address_is_planned_again(kernel, change):
     assert [t.data_ptr() for t in tensors] == addresses
     left = kernel.lion_(*([t] for t in tensors), **HYPER)
     assert left == kernel.lion_(*([f] for f in fresh), **HYPER)
-    if change in ("negated", "one_unsqueezed") or (change == "transposed" and kernel is cpu_lion):
+    if change == "negated" or change.startswith("one_") or (change == "transposed" and kernel is cpu_lion):
         assert left == [0]
     for k, (b, c) in enumerate(zip(bases, copies)):  # the whole buffers, bit for bit
         assert torch.equal(b.view(torch.int32), c.view(torch.int32)), f"tensor {k} differs"
+
+
+def test_a_call_of_the_same_tensors_reuses_its_scan_and_keeps_no_tensor_alive():
+    """``bulk_plain`` records a scan by its tensors' addresses: the next call at those addresses (new
+    tensor objects viewing the same memory, as fresh gradients may) gets it back, key object
+    included, once the guard has found their metadata unchanged; the record holds no tensor."""
+    import gc
+    import weakref
+
+    from lion_kernels import _contract
+
+    if _contract._TensorGuards is None:
+        pytest.skip("this torch has no torch._C._dynamo.guards.TensorGuards: every call is scanned")
+    codes = frozenset({_contract.triple_code(torch.float32, torch.float32, torch.float32)})
+    params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(2, 3))]
+    grads = [torch.randn(5), torch.randn(2, 3)]
+    momenta = [torch.zeros(5), torch.zeros(2, 3)]
+    first = _contract.bulk_plain(params, grads, momenta, codes)
+    views = [g.view(g.shape) for g in grads]  # other objects, same addresses and metadata
+    second = _contract.bulk_plain(params, views, momenta, codes)
+    assert first is not None and second is not None
+    assert second.key is first.key and second.pointers == first.pointers and second.codes == first.codes
+    assert second.tensors == (*params, *views, *momenta) and second.device_types == {"cpu"}
+    gone = weakref.ref(views[0])
+    del first, second, views
+    gc.collect()
+    assert gone() is None, "a recorded scan keeps a gradient alive"
+    # A float64 gradient at another address is another call: scanned, and refused.
+    assert _contract.bulk_plain(params, [grads[0].double(), grads[1]], momenta, codes) is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_guard_torch_refuses_to_build_leaves_every_call_scanned(kernel, monkeypatch):
+    """``TensorGuards`` is private: a torch whose constructor refuses the arguments must cost speed
+    only (no guard from then on), never a step."""
+    from lion_kernels import _contract
+
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("TensorGuards(): incompatible constructor arguments")
+
+    monkeypatch.setattr(_contract, "_TensorGuards", refusing)
+    _contract._recorded.clear()
+    p, g, m = torch.ones(4), torch.full((4,), -1.0), torch.zeros(4)
+    for _ in range(2):
+        assert kernel.lion_([p], [g], [m], **HYPER) == []
+    assert _contract._TensorGuards is None and len(_contract._recorded) == 0
+    expected = torch.ones(4)
+    for _ in range(2):  # decay, then the step of sign(+g) = +1 (descent on -1 gradients)
+        expected = (expected * np.float32(1 - 0.01 * 0.1)) + np.float32(0.01)
+    assert torch.equal(p, expected)
 
 
 def test_the_plan_cache_returns_only_an_equal_keys_entry_and_evicts_the_least_recent():
@@ -263,6 +338,12 @@ def test_the_plan_cache_returns_only_an_equal_keys_entry_and_evicts_the_least_re
     assert built == ["(1, 2)", "(3,)", "(4,)", "(5,)", "(4,)"] and (1, 2) not in cache
     cache.clear()
     assert get((5,)) == "(5,)" and built[-1] == "(5,)" and (cache.hits, cache.misses) == (0, 1)
+    cache.put((5,), "five")  # replaces the entry
+    assert cache.find((5,)) == "five" and cache.find((6,)) is None
+    cache.put((6,), "six")
+    assert cache.find((5,)) == "five"  # moves (5,) after (6,)
+    cache.put((7,), "seven")  # evicts (6,), the least recent
+    assert (6,) not in cache and cache.find((5,)) == "five" and cache.find((7,)) == "seven"
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -8,6 +8,14 @@ Three parameter sets (issue 5), every implementation stepping the same parameter
   faster than lion-pytorch's Triton path (one launch per tensor).
 * (c) 1B bfloat16 parameters (and gradients) in 16 tensors, lionkit with a float32 momentum.
 
+The state formats of issue 12, in the same runs: ``Lion(fused=True, momentum_dtype="int8")`` on (a)
+and (c) (an 8-bit momentum: 14.03 bytes per float32 parameter instead of 20), and with
+``stochastic_rounding=True`` on (c) (bfloat16 parameters with an 8-bit momentum: 8.03 bytes). Goals:
+the int8 step at most 0.85x the float32 fused step on (a), and the bfloat16 + int8 step on (c) at most
+0.5x the float32 fused step on (a) (the same parameter count). Next to them, where it is installed,
+bitsandbytes' ``Lion8bit`` (counted with the same state bytes: 8-bit codes and one float32 absmax per
+block of 256 elements, its blockwise default).
+
 Implementations: lionkit's kernel called directly (``lion_kernels.triton_lion.lion_``, no optimizer
 around it), ``lion_torch.Lion(fused=True)``, ``lion_torch.Lion(foreach=True)``,
 ``torch.optim.AdamW(fused=True)``, lion-pytorch ``Lion(use_triton=True)`` and torch-optimi
@@ -68,6 +76,10 @@ CASE_TITLES = {
 }
 COPY_BYTES = 2 << 30
 FUSED = "lionkit Lion(fused=True)"
+FUSED_INT8 = "lionkit Lion(fused=True, momentum_dtype='int8')"
+FUSED_INT8_SR = "lionkit Lion(fused=True, momentum_dtype='int8', stochastic_rounding=True)"
+#: Bytes of an 8-bit blockwise momentum per parameter: one int8 code, one float32 scale per 256 codes.
+INT8_STATE = 1 + 4 / 256
 ADAMW = "torch AdamW(fused=True)"
 LION_PYTORCH = "lion-pytorch Lion(use_triton=True)"
 
@@ -78,15 +90,17 @@ class Method:
 
     name: str
     build: Callable[[list[torch.nn.Parameter]], Callable[[], Any]]
-    state_bytes: Callable[[torch.dtype], int]  # bytes of state per parameter, read once and written once
+    state_bytes: Callable[[torch.dtype], float]  # bytes of state per parameter, read once and written once
     needs_cuda: bool = False
+    #: The parameter dtypes the row is run for (None: every case).
+    dtypes: tuple[torch.dtype, ...] | None = None
 
 
 @dataclass
 class Row:
     case: str
     name: str
-    bytes_per_param: int
+    bytes_per_param: float
     numel: int
     samples: list[float] = field(default_factory=list)
     error: str | None = None
@@ -135,6 +149,17 @@ def _methods() -> list[Method]:
             Method("lionkit Lion(foreach=True)",
                    lambda ps: Lion(ps, **hyper, **wide, foreach=True, fused=False).step, _lion_state)
         )
+        int8 = lambda dtype: INT8_STATE  # noqa: E731
+        methods.append(
+            Method(FUSED_INT8, lambda ps: Lion(ps, **hyper, momentum_dtype="int8", fused=True).step, int8,
+                   dtypes=(torch.float32, torch.bfloat16))
+        )
+        methods.append(
+            Method(FUSED_INT8_SR,
+                   lambda ps: Lion(ps, **hyper, momentum_dtype="int8", stochastic_rounding=True, seed=0,
+                                   fused=True).step,
+                   int8, dtypes=(torch.bfloat16,))
+        )
     except ImportError as error:
         print(f"lion_torch unavailable ({error}): only the kernel row is lionkit's", file=sys.stderr)
     methods.append(
@@ -158,6 +183,15 @@ def _methods() -> list[Method]:
         )
     except ImportError:
         print("torch-optimi not installed: its row is left out", file=sys.stderr)
+    try:
+        import bitsandbytes
+
+        methods.append(
+            Method("bitsandbytes Lion8bit", lambda ps: bitsandbytes.optim.Lion8bit(ps, **hyper).step,
+                   lambda dtype: INT8_STATE, True, dtypes=(torch.float32, torch.bfloat16))
+        )
+    except ImportError:
+        print("bitsandbytes not installed: its Lion8bit row is left out", file=sys.stderr)
     return methods
 
 
@@ -205,6 +239,8 @@ def _run_case(case: str, methods: list[Method], args: argparse.Namespace, device
     rows: list[Row] = []
     steps: list[Callable[[], Any] | None] = []
     for method in methods:
+        if method.dtypes is not None and dtype not in method.dtypes:
+            continue
         bytes_per_param = 3 * _size(dtype) + 2 * method.state_bytes(dtype)  # p read+write, g read, state
         row = Row(CASE_TITLES[case], method.name, bytes_per_param, numel)
         rows.append(row)
@@ -248,12 +284,12 @@ def _table(rows: list[Row], copy_gbs: float) -> str:
     for row in rows:
         if not row.samples:
             reason = row.error or "no samples"
-            lines.append(f"| {row.case} | {row.name} | {reason} | | {row.bytes_per_param} | | | |")
+            lines.append(f"| {row.case} | {row.name} | {reason} | | {row.bytes_per_param:.4g} | | | |")
             continue
         gbs = row.bytes_per_param * row.numel / row.ms / 1e6
         ratio = row.ms / adamw[row.case] if row.case in adamw else float("nan")
         lines.append(
-            f"| {row.case} | {row.name} | {row.ms:.3f} | {min(row.samples):.3f} | {row.bytes_per_param} | "
+            f"| {row.case} | {row.name} | {row.ms:.3f} | {min(row.samples):.3f} | {row.bytes_per_param:.4g} | "
             f"{gbs:.0f} | {gbs / copy_gbs:.0%} | {ratio:.2f}x |"
         )
     return "\n".join(lines)
@@ -276,6 +312,13 @@ def _goals(rows: list[Row], copy_gbs: float) -> list[str]:
             ratio = fused_a.ms / adamw_a.ms
             lines.append(f"(a) fused {ratio:.2f}x AdamW fused time (goal <= 0.75x): "
                          f"{'met' if ratio <= 0.75 else 'NOT met'}")
+    int8_a, int8_sr_c = find("a", FUSED_INT8), find("c", FUSED_INT8_SR)
+    if fused_a is not None:
+        for label, row, goal in (("(a) int8 momentum", int8_a, 0.85), ("(c) bf16 + int8", int8_sr_c, 0.5)):
+            if row is not None:
+                ratio = row.ms / fused_a.ms
+                lines.append(f"{label} step {ratio:.2f}x the (a) float32 fused step (goal <= {goal}x): "
+                             f"{'met' if ratio <= goal else 'NOT met'}")
     fused_b, peer_b = find("b", FUSED), find("b", LION_PYTORCH)
     if fused_b is not None and peer_b is not None:
         speedup = peer_b.ms / fused_b.ms
@@ -299,7 +342,7 @@ def _header(device: torch.device, copy_gbs: float, copy_bytes: int, args: argpar
     else:
         name, cuda = f"CPU ({platform.processor() or platform.machine()})", "none"
     versions = ", ".join(
-        f"{pkg} {_version(pkg)}" for pkg in ("torch", "triton", "lion-pytorch", "torch-optimi")
+        f"{pkg} {_version(pkg)}" for pkg in ("torch", "triton", "lion-pytorch", "torch-optimi", "bitsandbytes")
     )
     lines = [
         f"Device: {name}; CUDA {cuda}; {versions}; Python {platform.python_version()}.",

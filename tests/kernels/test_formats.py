@@ -53,13 +53,16 @@ def _keys(case: cases.Case, steps: list[int], stream: int) -> list[int]:
 class State:
     """A row's tensors as a fused caller keeps them: parameters, momenta (codes), scales."""
 
-    def __init__(self, case: cases.Case, init: list[np.ndarray]) -> None:
+    def __init__(self, case: cases.Case, init: list[np.ndarray], device: str = "cpu") -> None:
         self.case = case
-        self.params = [torch.tensor(np.asarray(x, np.float64)).to(TORCH[case.param_dtype]) for x in init]
+        self.device = device
+        dtype = TORCH[case.param_dtype]
+        self.params = [torch.tensor(np.asarray(x, np.float64)).to(device, dtype) for x in init]
         self.int8 = case.momentum_dtype == "int8"
         dtype = torch.int8 if self.int8 else TORCH[case.momentum_dtype]
-        self.momenta = [torch.zeros(p.shape, dtype=dtype) for p in self.params]
-        self.scales = [torch.zeros(INT8.blocks(p.numel())) if self.int8 else None for p in self.params]
+        self.momenta = [torch.zeros(p.shape, dtype=dtype, device=device) for p in self.params]
+        self.scales = [torch.zeros(INT8.blocks(p.numel()), device=device) if self.int8 else None
+                       for p in self.params]
         #: Each tensor's own step: the updates it has had (a step without its gradient does not count).
         self.updates = [0] * len(self.params)
 
@@ -70,7 +73,8 @@ class State:
         mkeys = _keys(case, self.updates, MOMENTUM_STREAM)
         pkeys = _keys(case, self.updates, PARAM_STREAM)
         grad_scale = overrides.pop("grad_scale", None)
-        grads = [torch.tensor(np.asarray(row[i], np.float64)).to(TORCH[case.gradient_dtype]) for i in chosen]
+        grads = [torch.tensor(np.asarray(row[i], np.float64)).to(self.device, TORCH[case.gradient_dtype])
+                 for i in chosen]
         if grad_scale is not None:
             grads = [g * grad_scale for g in grads]
         arguments = dict(
@@ -96,15 +100,16 @@ class State:
             if self.int8:
                 stored = expected.stored[i]
                 assert isinstance(stored, Int8State)
-                cases.assert_exact(self.momenta[i].numpy(), stored.codes, what=f"{what}codes {i}")
+                cases.assert_exact(self.momenta[i], stored.codes, what=f"{what}codes {i}")
                 cases.assert_exact(self.scales[i], stored.scales, what=f"{what}scales {i}")
                 assert self.momenta[i].dtype == torch.int8 and self.scales[i].dtype == torch.float32
             else:
                 cases.assert_exact(self.momenta[i], expected.momentum[i], what=f"{what}momentum {i}")
 
 
-def _run(kernel: Any, case: cases.Case, problem: cases.Problem, **overrides: Any) -> State:
-    state = State(case, problem.init)
+def _run(kernel: Any, case: cases.Case, problem: cases.Problem, device: str = "cpu",
+         **overrides: Any) -> State:
+    state = State(case, problem.init, device)
     for step, row in enumerate(problem.grads):
         left = state.step(kernel, step, row, **dict(overrides))
         assert left == [], f"step {step}: handed back {left}"
@@ -385,4 +390,15 @@ def test_float64_parameters_with_int8_momentum_on_the_cpu(cautious):
                                param_dtype="float64", lr=0.01, cautious=cautious)
     problem = cases.problem(case, shapes=SHAPES, steps=STEPS, missing=MISSING)
     state = _run(cpu_lion, case, problem)
+    state.assert_equal(cases.reference(case, problem))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", cases.FORMAT_CASES, ids=cases.case_id)
+def test_cuda_format_cases_bit_for_bit(case):
+    """The format rows on CUDA tensors: the Triton kernel's compiled code (not the interpreter) must
+    give the oracle's codes, scales and parameters bit for bit, as it does in the interpreter."""
+    problem = cases.problem(case, shapes=(*SHAPES, (70_001,)), steps=STEPS, missing=MISSING)
+    state = _run(triton_lion, case, problem, device="cuda")
     state.assert_equal(cases.reference(case, problem))

@@ -289,8 +289,8 @@ def _table(rows: list[Row], copy_gbs: float) -> str:
         gbs = row.bytes_per_param * row.numel / row.ms / 1e6
         ratio = row.ms / adamw[row.case] if row.case in adamw else float("nan")
         lines.append(
-            f"| {row.case} | {row.name} | {row.ms:.3f} | {min(row.samples):.3f} | {row.bytes_per_param:.4g} | "
-            f"{gbs:.0f} | {gbs / copy_gbs:.0%} | {ratio:.2f}x |"
+            f"| {row.case} | {row.name} | {row.ms:.3f} | {min(row.samples):.3f} | "
+            f"{row.bytes_per_param:.4g} | {gbs:.0f} | {gbs / copy_gbs:.0%} | {ratio:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -342,7 +342,8 @@ def _header(device: torch.device, copy_gbs: float, copy_bytes: int, args: argpar
     else:
         name, cuda = f"CPU ({platform.processor() or platform.machine()})", "none"
     versions = ", ".join(
-        f"{pkg} {_version(pkg)}" for pkg in ("torch", "triton", "lion-pytorch", "torch-optimi", "bitsandbytes")
+        f"{pkg} {_version(pkg)}"
+        for pkg in ("torch", "triton", "lion-pytorch", "torch-optimi", "bitsandbytes")
     )
     lines = [
         f"Device: {name}; CUDA {cuda}; {versions}; Python {platform.python_version()}.",

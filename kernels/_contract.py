@@ -251,7 +251,7 @@ def _guard(tensors: tuple[Any, ...]) -> Any:
     strides = [list(t.stride()) for t in tensors]
     try:
         return _TensorGuards(*tensors, dynamic_dims_sizes=sizes, dynamic_dims_strides=strides)
-    except (TypeError, RuntimeError, SystemError):  # pragma: no cover - another torch's signature
+    except (TypeError, RuntimeError, SystemError):  # another torch's signature: no guard from now on
         _TensorGuards = None
         return None
 
@@ -288,14 +288,15 @@ def bulk_plain(
         pointers = tuple(map(_data_ptr, everything))
     except RuntimeError:
         return None
-    recorded = _recorded.find(pointers)
+    # Keyed on the kernel's dtype codes too: a scan another kernel accepted says nothing for this one.
+    recorded = _recorded.find((codes, pointers))
     if recorded is not None and recorded.guard.check(*everything):
         return recorded.scan._replace(tensors=everything)
     scan = _scan(params, grads, momenta, codes, pointers, everything)
     if scan is not None:
         guard = _guard(everything)
         if guard is not None:
-            _recorded.put(pointers, _Recorded(scan._replace(tensors=()), guard))
+            _recorded.put((codes, pointers), _Recorded(scan._replace(tensors=()), guard))
     return scan
 
 
@@ -546,7 +547,7 @@ class TableCache:
         return len(self._entries)
 
 
-#: Scans of recent calls (:func:`bulk_plain`), by their tensors' data pointers.
+#: Scans of recent calls (:func:`bulk_plain`), by the kernel's dtype codes and the tensors' data pointers.
 _recorded = TableCache(64)
 
 

@@ -296,6 +296,21 @@ def test_a_call_of_the_same_tensors_reuses_its_scan_and_keeps_no_tensor_alive():
     assert _contract.bulk_plain(params, [grads[0].double(), grads[1]], momenta, codes) is None
 
 
+def test_a_scan_one_kernel_accepted_does_not_pass_for_another():
+    """The recorded scans are per kernel: float64 triples that the CPU kernel updates must still be
+    handed back by the Triton kernel, which has no float64 routine, at the same addresses."""
+    if triton_lion.unavailable_reason() is not None or (
+        os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()
+    ):
+        pytest.skip("the Triton kernel runs on CPU tensors only with TRITON_INTERPRET=1")
+    p, g, m = (torch.full((8,), 1.0, dtype=torch.float64) for _ in range(3))
+    assert triton_lion.lion_([p], [g], [m], **HYPER) == [0]
+    assert cpu_lion.lion_([p], [g], [m], **HYPER) == []
+    before = [t.clone() for t in (p, g, m)]
+    assert triton_lion.lion_([p], [g], [m], **HYPER) == [0]
+    assert all(torch.equal(t, b) for t, b in zip((p, g, m), before)), "Triton wrote float64 tensors"
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_a_guard_torch_refuses_to_build_leaves_every_call_scanned(kernel, monkeypatch):
     """``TensorGuards`` is private: a torch whose constructor refuses the arguments must cost speed

@@ -40,7 +40,9 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["DTYPE_CODE", "CautiousReduce", "Formats", "KernelError", "LionKernel", "Scan", "check_formats"]
+__all__ = [
+    "DTYPE_CODE", "CautiousReduce", "Formats", "HashedKey", "KernelError", "LionKernel", "Scan", "check_formats",
+]
 
 #: The hook that turns each updated triple's local (kept, element count) into the global counts.
 CautiousReduce = Callable[[torch.Tensor], torch.Tensor]
@@ -197,24 +199,25 @@ class Scan(NamedTuple):
     pointers: tuple[int, ...]
     #: What identifies everything a kernel derives from these tensors (address tables, the aliasing
     #: check): the pointers, the parameters' shapes (equal to the gradients' and momenta's) and the
-    #: dtype codes, as a :class:`ScanKey`. Contiguity, the negation bit, the tensor types and the
+    #: dtype codes, as a :class:`HashedKey`. Contiguity, the negation bit, the tensor types and the
     #: devices are checked on every call (by a full scan, or by the guard recorded with one), not
     #: keyed: a tensor can change any of them, and its dtype or shape, while keeping its address
     #: (``p.data = p.data.t()``, ``p.data = p.data.view(torch.bfloat16)``, ``p.data = p.data[:4]``,
     #: ``p.unsqueeze_(0)``).
-    key: ScanKey
+    key: HashedKey
     #: ``(*params, *grads, *momenta)``.
     tensors: tuple[Any, ...]
     #: The device types of ``tensors`` (``{"cpu"}`` for a call of CPU tensors).
     device_types: frozenset[str]
 
 
-class ScanKey:
-    """A :class:`Scan`'s key: a tuple (pointers, shapes, dtype codes) that hashes once.
+class HashedKey:
+    """A cache key: a tuple that is hashed once, when the key is made.
 
-    The tuple of a call of 400 triples holds 1600 items and takes tens of microseconds to hash;
-    Python does not cache a tuple's hash, and a call of the same tensors returns the same key object,
-    so a kernel's caches find it by identity and one stored hash.
+    A :class:`Scan`'s key (pointers, shapes, dtype codes) of a call of 400 triples holds 1600 items
+    and takes tens of microseconds to hash; Python does not cache a tuple's hash. A call of the same
+    tensors gets the same key object back, so a kernel's caches find it by identity and one stored
+    hash; an equal key made anew still finds the entry, at the price of one comparison.
     """
 
     __slots__ = ("_hash", "value")
@@ -229,7 +232,7 @@ class ScanKey:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        return isinstance(other, ScanKey) and self._hash == other._hash and self.value == other.value
+        return isinstance(other, HashedKey) and self._hash == other._hash and self.value == other.value
 
 
 try:
@@ -327,12 +330,12 @@ def _scan(
         code = triple_code(*(dtypes.pop() for dtypes in found))
         if code is None or code not in codes:
             return None
-        key = ScanKey((pointers, shapes, code))
+        key = HashedKey((pointers, shapes, code))
         return Scan([code] * len(params), pointers, key, everything, device_types)
     per_triple = list(map(triple_code, map(_dtype, params), map(_dtype, grads), map(_dtype, momenta)))
     if not set(per_triple) <= codes:
         return None
-    key = ScanKey((pointers, shapes, tuple(per_triple)))
+    key = HashedKey((pointers, shapes, tuple(per_triple)))
     return Scan(per_triple, pointers, key, everything, device_types)  # type: ignore[arg-type]
 
 
@@ -511,12 +514,16 @@ class TableCache:
             return entry
 
     def find(self, key: Hashable) -> Any:
-        """The entry of ``key``, or ``None``."""
+        """The entry of ``key``, or ``None`` (counted as a hit or a miss, as :meth:`get` counts)."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry is not self._recent:
+            if entry is None:
+                self.misses += 1
+                return None
+            if entry is not self._recent:
                 self._entries.move_to_end(key)
                 self._recent = entry
+            self.hits += 1
             return entry
 
     def put(self, key: Hashable, value: Any) -> None:

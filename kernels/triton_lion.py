@@ -80,7 +80,9 @@ from ._contract import (
     DTYPE_CODE,
     CautiousReduce,
     Formats,
+    HashedKey,
     KernelError,
+    Scan,
     TableCache,
     bulk_plain,
     check_formats,
@@ -329,6 +331,78 @@ _DEVICE = operator.attrgetter("device")
 _DTYPE = operator.attrgetter("dtype")
 
 
+class _Group(NamedTuple):
+    """The triples of one launch: one device, one (param, grad, momentum) dtype combination, none
+    empty; the keys of its tables, hashed once."""
+
+    device: torch.device
+    dtypes: tuple[torch.dtype, ...]
+    #: Positions in the call.
+    members: tuple[int, ...]
+    numels: tuple[int, ...]
+    #: The parameters' data pointers, then the gradients', then the momenta's.
+    pointers: tuple[int, ...]
+    layout_key: HashedKey
+    address_key: HashedKey
+
+
+def _group(device: torch.device, dtypes: tuple[torch.dtype, ...], members: Sequence[int],
+           numels: Sequence[int], pointers: tuple[int, ...]) -> _Group:
+    sizes = tuple(numels[i] for i in members)
+    return _Group(device, dtypes, tuple(members), sizes, pointers, HashedKey((device, dtypes, sizes)),
+                  HashedKey((device, dtypes, pointers)))
+
+
+class _Plan(NamedTuple):
+    """What a call of these tensors launches: the triples handed back because they overlap, the
+    updated ones, their devices and their launch groups."""
+
+    aliased: list[int]
+    updated: list[int]
+    updated_devices: frozenset[torch.device]
+    groups: list[_Group]
+
+
+#: Plans of recent calls, by their scan's key (and whether CPU tensors are interpreted).
+_plans = TableCache(_CACHE_SIZE)
+
+
+def _plan(
+    tensors: Sequence[torch.Tensor], devices: Sequence[torch.device], pointers: tuple[int, ...]
+) -> _Plan:
+    """Plans a call of supported triples: ``tensors`` is ``(*params, *grads, *momenta)``."""
+    n = len(tensors) // 3
+    dtypes = list(map(_DTYPE, tensors))
+    numels = list(map(torch.Tensor.numel, tensors[:n]))
+    aliased = _cached(
+        _overlaps, (pointers, tuple(numels), tuple(dtypes)),
+        lambda: overlapping(pointers, [numels[k % n] * dtypes[k].itemsize for k in range(3 * n)], n),
+        capturing=any(map(_capturing, set(devices))),
+    )
+    skip = set(aliased)
+    updated = [i for i in range(n) if i not in skip]
+    members: dict[tuple[torch.device, torch.dtype, torch.dtype, torch.dtype], list[int]] = {}
+    for i in updated:
+        if numels[i]:
+            members.setdefault((devices[i], dtypes[i], dtypes[i + n], dtypes[i + 2 * n]), []).append(i)
+    groups = [
+        _group(key[0], key[1:], chosen, numels, tuple(pointers[i + k * n] for k in range(3) for i in chosen))
+        for key, chosen in members.items()
+    ]
+    return _Plan(aliased, updated, frozenset(devices[i] for i in updated), groups)
+
+
+def _fast_plan(scan: Scan, n: int) -> _Plan | None:
+    """The plan of a scanned call, or ``None`` when its devices need the per-triple pass (a device
+    this kernel does not run on, or a triple spread over two devices)."""
+    devices = list(map(_DEVICE, scan.tensors))
+    if not all(map(_device_ok, set(devices))):
+        return None
+    if devices.count(devices[0]) != 3 * n and not devices[:n] == devices[n : 2 * n] == devices[2 * n :]:
+        return None
+    return _plan(scan.tensors, devices, scan.pointers)
+
+
 def lion_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -420,15 +494,18 @@ def lion_(
             cautious=bool(cautious), maximize=bool(maximize), grad_scale=grad_scale, found_inf=found_inf,
             cautious_reduce=cautious_reduce,
         )
-    tensors = [*params, *grads, *momenta]
     positions: list[int] | None = None
     refused: list[int] = []
     scan = bulk_plain(params, grads, momenta, _CODES)
-    devices = list(map(_DEVICE, tensors)) if scan is not None else []
-    if scan is None or not (
-        all(map(_device_ok, set(devices)))
-        and (devices.count(devices[0]) == 3 * n or devices[:n] == devices[n : 2 * n] == devices[2 * n :])
-    ):
+    plan = None
+    if scan is not None:  # the usual call: planned once for these addresses, shapes and dtypes
+        plan_key = (scan.key, _interpreting())
+        plan = _plans.find(plan_key)
+        if plan is None:
+            plan = _fast_plan(scan, n)
+            if plan is not None:
+                _plans.put(plan_key, plan)
+    if plan is None:
         # A slower pass, per triple: channels-last triples are supported, the rest handed back.
         positions = [i for i in range(n) if supports(params[i], grads[i], momenta[i])]
         refused = sorted(set(range(n)).difference(positions))
@@ -437,31 +514,14 @@ def lion_(
         params = [params[i] for i in positions]
         grads = [grads[i] for i in positions]
         momenta = [momenta[i] for i in positions]
-        n = len(positions)
-        tensors = [*params, *grads, *momenta]
-        devices = list(map(_DEVICE, tensors))
-        scan = None
+        tensors = (*params, *grads, *momenta)
+        plan = _plan(tensors, list(map(_DEVICE, tensors)), tuple(map(torch.Tensor.data_ptr, tensors)))
     _import_triton()
-    dtypes = list(map(_DTYPE, tensors))
-    numels = list(map(torch.Tensor.numel, params))
-    # The fast path's scan has read the pointers already; channels-last triples are not scanned.
-    pointers = scan.pointers if scan is not None else tuple(map(torch.Tensor.data_ptr, tensors))
-    key = (pointers, tuple(numels), tuple(dtypes))
-    aliased = _cached(
-        _overlaps, key,
-        lambda: overlapping(pointers, [numels[k % n] * dtypes[k].itemsize for k in range(3 * n)], n),
-        capturing=any(map(_capturing, set(devices))),
-    )
-    skip = set(aliased)
-    updated = [i for i in range(n) if i not in skip]
-    groups: dict[tuple[torch.device, torch.dtype, torch.dtype, torch.dtype], list[int]] = {}
-    for i in updated:
-        if numels[i]:
-            groups.setdefault((devices[i], dtypes[i], dtypes[i + n], dtypes[i + 2 * n]), []).append(i)
-    if cautious and cautious_reduce is not None and len({devices[i] for i in updated}) > 1:
+    aliased, updated, groups = plan.aliased, plan.updated, plan.groups
+    if cautious and cautious_reduce is not None and len(plan.updated_devices) > 1:
         raise KernelError(
             "`cautious_reduce` needs the tensors of one call on one device: their counts are gathered "
-            f"into one tensor. Received: tensors on {sorted(str(d) for d in {devices[i] for i in updated})}"
+            f"into one tensor. Received: tensors on {sorted(str(d) for d in plan.updated_devices)}"
         )
     hyper = dict(
         lr=lr,
@@ -473,19 +533,15 @@ def lion_(
         grad_scale=grad_scale,
         found_inf=found_inf,
     )
-    prepared = [
-        _prepare(key, tuple(numels[i] for i in members),
-                 tuple(pointers[i + k * n] for k in range(3) for i in members), bool(cautious), **hyper)
-        for key, members in groups.items()
-    ]
+    prepared = [_prepare(group, bool(cautious), **hyper) for group in groups]
     if cautious:
         for launch in prepared:
             launch.count()
         if cautious_reduce is not None and updated:
-            device = devices[updated[0]]
+            (device,) = plan.updated_devices
             local = torch.zeros((len(updated), 2), dtype=torch.int64, device=device)
             row = {i: r for r, i in enumerate(updated)}
-            where = [torch.tensor([row[i] for i in members], device=device) for members in groups.values()]
+            where = [torch.tensor([row[i] for i in group.members], device=device) for group in groups]
             for launch, rows in zip(prepared, where):
                 local.index_copy_(0, rows, launch.counts)
             total = global_counts(cautious_reduce, local)
@@ -526,9 +582,7 @@ class _Launch:
 
 
 def _prepare(
-    key: tuple[torch.device, torch.dtype, torch.dtype, torch.dtype],
-    numels: tuple[int, ...],
-    pointers: tuple[int, ...],
+    group: _Group,
     cautious: bool,
     *,
     lr: float | torch.Tensor,
@@ -540,15 +594,11 @@ def _prepare(
     grad_scale: torch.Tensor | None,
     found_inf: torch.Tensor | None,
 ) -> _Launch:
-    """The launches of one group: tensors on one device with one dtype combination, none empty.
-
-    ``pointers`` holds the parameters' data pointers, then the gradients', then the momenta's.
-    """
-    device, dtypes = key[0], key[1:]
+    """The launches of one group: tensors on one device with one dtype combination, none empty."""
+    device, dtypes, numels = group.device, group.dtypes, group.numels
     capturing = _capturing(device)
-    layout = _cached(_layouts, (device, dtypes, numels), lambda: _build_layout(numels, device),
-                     capturing=capturing)
-    addresses = _cached(_addresses, (device, dtypes, pointers), lambda: _build_addresses(pointers, device),
+    layout = _cached(_layouts, group.layout_key, lambda: _build_layout(numels, device), capturing=capturing)
+    addresses = _cached(_addresses, group.address_key, lambda: _build_addresses(group.pointers, device),
                         capturing=capturing)
     # Pointer arguments the chosen variant never reads still need a tensor.
     unused = layout.table
@@ -772,8 +822,9 @@ def _lion_stored(
     launches = []
     for group, members in groups.items():
         device, p_dtype, g_dtype, m_dtype, stochastic = group
-        launch = _prepare((device, p_dtype, g_dtype, torch.float32), tuple(numels[i] for i in members),
-                          tuple(pointers[4 * i + k] for k in range(3) for i in members), cautious, **hyper)
+        three = tuple(pointers[4 * i + k] for k in range(3) for i in members)
+        launch = _prepare(_group(device, (p_dtype, g_dtype, torch.float32), members, numels, three), cautious,
+                          **hyper)
         # [param (T), grad (T), momentum (T), scales (T)]: 0 for a float momentum's scales.
         four = tuple(pointers[4 * i + k] for k in range(4) for i in members)
         table = _cached(_addresses, (device, "stored", four),

@@ -426,6 +426,32 @@ def test_tables_are_cached_and_a_replaced_tensor_misses():
         assert_exact(p, rp, what="param")
 
 
+def test_a_call_of_the_same_tensors_reuses_its_plan():
+    """The launch plan (overlaps, launch groups, table keys) is made once per set of addresses, shapes
+    and dtypes; a call with a replaced tensor is planned again, and every step equals the reference."""
+    triton_lion._plans.clear()
+    rng = np.random.default_rng(37)
+    params, grads = _draw(rng, [(1023,), (77,), (0,), (4097,)], steps=3)
+    hyper = _hyper(weight_decay=0.1)
+    ps = [torch.tensor(p) for p in params]
+    ms = [torch.zeros_like(p) for p in ps]
+    gs = [torch.empty_like(p) for p in ps]
+    for k in range(2):
+        for g, v in zip(gs, grads[k]):
+            g.copy_(torch.from_numpy(v))
+        assert triton_lion.lion_(ps, gs, ms, **hyper) == []
+    assert (triton_lion._plans.misses, triton_lion._plans.hits) == (1, 1)
+    gs[3] = torch.from_numpy(grads[2][3]).clone()  # a new gradient buffer: another call
+    for i in range(3):
+        gs[i].copy_(torch.from_numpy(grads[2][i]))
+    assert triton_lion.lion_(ps, gs, ms, **hyper) == []
+    assert (triton_lion._plans.misses, triton_lion._plans.hits) == (2, 1) and len(triton_lion._plans) == 2
+    ref = reference_lion(params, grads, dtype=np.float32, **hyper)
+    for p, m, rp, rm in zip(ps, ms, ref.params, ref.momentum):
+        assert_exact(p, rp, what="param")
+        assert_exact(m, rm, what="momentum")
+
+
 def test_layout_table_chunks_every_tensor():
     layout = triton_lion._build_layout([0, 1, triton_lion.CHUNK, triton_lion.CHUNK + 1], torch.device("cpu"))
     numels, owner, index = layout.table.split([4, layout.n_chunks, layout.n_chunks])

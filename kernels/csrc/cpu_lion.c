@@ -554,6 +554,21 @@ INLINE void encode_codes(const float *restrict fresh, int8_t *restrict m8, int32
     }
 }
 
+/* Element i of a block of kind K, read through the caller's typed (restrict) pointers: its gradient
+ * (grad_bf16 / grad_f32: unscaled, negated for maximize) and its decoded momentum (an int8 code
+ * times the block's old scale, or a float momentum). */
+INLINE float stored_grad(const uint16_t *g16, const float *g32, int32_t i, int unscale, float grad_scale,
+                         float direction, const int K) {
+    return (K & SK_P_BF16) ? grad_bf16(g16[i], unscale, grad_scale, direction)
+                           : grad_f32(g32[i], unscale, grad_scale, direction);
+}
+
+INLINE float stored_momentum(const int8_t *m8, const uint16_t *m16, const float *m32, int32_t i,
+                             float old_scale, const int K) {
+    if (K & SK_M_INT8) return (float)m8[i] * old_scale;
+    return (K & SK_M_BF16) ? bf16_load(m16[i]) : m32[i];
+}
+
 /* One block (len <= INT8_BLOCK elements starting at flat index `index`) of a tensor of kind K (SK_*,
  * a compile-time constant at every call site, as are cautious and unscale). */
 INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64_t len, uint32_t index,
@@ -574,12 +589,10 @@ INLINE void stored_block(void *pv, const void *gv, void *mv, float *scale, int64
     float fresh[INT8_BLOCK];
     uint32_t largest = 0;
     for (int32_t i = 0; i < count; ++i) {
-        float gi = (K & SK_P_BF16) ? bf16_load(g16[i]) : g32[i];
-        if (unscale) gi = gi / grad_scale;
-        gi = gi * direction;
-        const float mi = (K & SK_M_INT8) ? (float)m8[i] * old_scale : (K & SK_M_BF16) ? bf16_load(m16[i]) : m32[i];
+        const float gi = stored_grad(g16, g32, i, unscale, grad_scale, direction, K);
+        const float mi = stored_momentum(m8, m16, m32, i, old_scale, K);
         const float c = beta1 * mi + omb1 * gi;
-        float u = ((c > 0.0f ? 1.0f : 0.0f) - (c < 0.0f ? 1.0f : 0.0f)) + (c - c);
+        float u = sign_f32(c);
         if (cautious) {
             const float mask = u * gi > 0.0f ? u * u : 0.0f;
             u = u * mask * cscale;
@@ -627,12 +640,9 @@ INLINE int64_t stored_kept(const void *gv, const void *mv, const float *scale, i
     const int32_t count = (int32_t)len;
     int64_t kept = 0;
     for (int32_t i = 0; i < count; ++i) {
-        float gi = (K & SK_P_BF16) ? bf16_load(g16[i]) : g32[i];
-        if (unscale) gi = gi / grad_scale;
-        gi = gi * direction;
-        const float mi = (K & SK_M_INT8) ? (float)m8[i] * old_scale : (K & SK_M_BF16) ? bf16_load(m16[i]) : m32[i];
-        const float c = beta1 * mi + omb1 * gi;
-        const float u = ((c > 0.0f ? 1.0f : 0.0f) - (c < 0.0f ? 1.0f : 0.0f)) + (c - c);
+        const float gi = stored_grad(g16, g32, i, unscale, grad_scale, direction, K);
+        const float mi = stored_momentum(m8, m16, m32, i, old_scale, K);
+        const float u = sign_f32(beta1 * mi + omb1 * gi);
         kept += u * gi > 0.0f;
     }
     return kept;

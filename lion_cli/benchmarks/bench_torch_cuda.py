@@ -80,6 +80,10 @@ FUSED_INT8 = "lionkit Lion(fused=True, momentum_dtype='int8')"
 FUSED_INT8_SR = "lionkit Lion(fused=True, momentum_dtype='int8', stochastic_rounding=True)"
 #: Bytes of an 8-bit blockwise momentum per parameter: one int8 code, one float32 scale per 256 codes.
 INT8_STATE = 1 + 4 / 256
+
+
+def _int8_state(dtype: torch.dtype) -> float:
+    return INT8_STATE
 ADAMW = "torch AdamW(fused=True)"
 LION_PYTORCH = "lion-pytorch Lion(use_triton=True)"
 
@@ -149,16 +153,15 @@ def _methods() -> list[Method]:
             Method("lionkit Lion(foreach=True)",
                    lambda ps: Lion(ps, **hyper, **wide, foreach=True, fused=False).step, _lion_state)
         )
-        int8 = lambda dtype: INT8_STATE  # noqa: E731
         methods.append(
-            Method(FUSED_INT8, lambda ps: Lion(ps, **hyper, momentum_dtype="int8", fused=True).step, int8,
-                   dtypes=(torch.float32, torch.bfloat16))
+            Method(FUSED_INT8, lambda ps: Lion(ps, **hyper, momentum_dtype="int8", fused=True).step,
+                   _int8_state, dtypes=(torch.float32, torch.bfloat16))
         )
         methods.append(
             Method(FUSED_INT8_SR,
                    lambda ps: Lion(ps, **hyper, momentum_dtype="int8", stochastic_rounding=True, seed=0,
                                    fused=True).step,
-                   int8, dtypes=(torch.bfloat16,))
+                   _int8_state, dtypes=(torch.bfloat16,))
         )
     except ImportError as error:
         print(f"lion_torch unavailable ({error}): only the kernel row is lionkit's", file=sys.stderr)
@@ -188,7 +191,7 @@ def _methods() -> list[Method]:
 
         methods.append(
             Method("bitsandbytes Lion8bit", lambda ps: bitsandbytes.optim.Lion8bit(ps, **hyper).step,
-                   lambda dtype: INT8_STATE, True, dtypes=(torch.float32, torch.bfloat16))
+                   _int8_state, True, dtypes=(torch.float32, torch.bfloat16))
         )
     except ImportError:
         print("bitsandbytes not installed: its Lion8bit row is left out", file=sys.stderr)
